@@ -1,0 +1,115 @@
+"""The command line: ``yieldio serve`` runs the echo server.
+
+Errors a user can make (a wrong flag, a bad port, a busy address) end in one
+readable line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .echo import DEFAULT_MAX_LINE, make_echo_handler
+from .kernel import run
+from .server import _peer_name, serve, tcp_listen
+
+log = logging.getLogger("yieldio")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number, not {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, not {port}")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="yieldio", description="A generator-based cooperative scheduler and its echo server.")
+    parser.add_argument("--version", action="version", version=f"yieldio {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the echo server",
+        description="Run the echo server: every message received is answered with PREFIX + message.",
+    )
+    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on; '' or 0.0.0.0 for all IPv4, :: for all IPv6 (default: %(default)s)")
+    serve_parser.add_argument("--port", type=_port, default=25000, help="TCP port; 0 picks a free one (default: %(default)s)")
+    serve_parser.add_argument("--prefix", default="GOT:", help="bytes put before each reply; '' gives a plain RFC 862 echo (default: %(default)s)")
+    serve_parser.add_argument("--framing", choices=("chunk", "line"), default="chunk", help="answer each chunk received, or each line (default: %(default)s)")
+    serve_parser.add_argument("--max-line", type=_positive_int, default=DEFAULT_MAX_LINE, metavar="BYTES", help="with --framing line, answer longer lines in pieces of this size (default: %(default)s)")
+    serve_parser.add_argument("--max-clients", type=_positive_int, default=None, metavar="N", help="stop accepting while N connections are open (default: no limit)")
+    serve_parser.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS", help="close a connection that has sent nothing for this long (default: never; 300 is sensible on the open internet)")
+    serve_parser.add_argument("--backlog", type=_positive_int, default=1024, metavar="N", help="listen backlog (default: %(default)s)")
+    serve_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="(default: %(default)s)")
+    serve_parser.set_defaults(func=serve_command)
+    return parser
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        listener = tcp_listen((args.host, args.port), backlog=args.backlog)
+    except (OSError, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        print(f"yieldio: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return 1
+    prefix = args.prefix.encode()
+    handler = make_echo_handler(prefix, args.framing, args.max_line)
+    log.info(
+        "listening on %s (echo, framing=%s, prefix=%r)", _peer_name(listener.getsockname()), args.framing, prefix
+    )
+
+    async def main() -> None:
+        with listener:
+            await serve(listener, handler, max_clients=args.max_clients, idle_timeout=args.idle_timeout)
+
+    run(main)
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    result: Any = args.func(args)
+    return int(result)

@@ -1,0 +1,198 @@
+"""The echo protocol: framing without I/O, and the connection handler that drives it.
+
+The tutorial's server answers every chunk it receives with ``b'GOT:' + data``.
+The protocol logic lives in two small framers that never touch a socket, in
+the manner of h11: feed them bytes, they return the bytes to send back, and
+they can be tested byte by byte.
+
+- :class:`ChunkFramer` answers each chunk as it arrives: ``prefix + chunk``.
+  With an empty prefix this is a plain RFC 862 echo.
+- :class:`LineFramer` answers once per line: ``prefix + line`` (newline
+  included). A partial line is answered at end of input; a line longer than
+  ``max_line`` is answered in ``max_line``-sized pieces so memory stays
+  bounded whatever the client sends.
+
+Either way, with the prefixes taken out, the replies are exactly the bytes
+received, in order.
+
+:func:`echo_handler` is the connection loop. It waits until the socket is
+readable *before* reading (the tutorial's order), because in request/response
+traffic the next message has not arrived yet when the reply has just gone
+out, and an optimistic read would fail. It never reads more while a reply is
+unsent, so a client that does not read gets backpressure through TCP and the
+server's memory per connection stays bounded. When cancelled (shutdown,
+idle timeout) it still echoes what the kernel has already received for it,
+within a time limit, before the connection closes.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Generator
+from typing import Any, Literal, Protocol
+
+from .kernel import Cancelled, TaskTimeout
+from .scopes import timeout_after
+from .sockets import Socket
+
+DEFAULT_PREFIX = b"GOT:"
+DEFAULT_MAX_LINE = 64 * 1024
+RECV_SIZE = 65536
+DRAIN_SECONDS = 3.0  # how long a cancelled connection may take to flush what it had received
+Framing = Literal["chunk", "line"]
+
+
+class Framer(Protocol):
+    def feed(self, data: bytes) -> bytes: ...
+    def close(self) -> bytes: ...
+
+
+class ChunkFramer:
+    """One reply per chunk received: ``prefix + chunk``."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: bytes = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def feed(self, data: bytes) -> bytes:
+        return self.prefix + data if data else b""
+
+    def close(self) -> bytes:
+        return b""
+
+
+class LineFramer:
+    """One reply per line received: ``prefix + line``; bounded by ``max_line``."""
+
+    __slots__ = ("prefix", "max_line", "_partial")
+
+    def __init__(self, prefix: bytes = DEFAULT_PREFIX, max_line: int = DEFAULT_MAX_LINE) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self.prefix = prefix
+        self.max_line = max_line
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._partial
+        buffer += data
+        replies = []
+        start = 0
+        end = len(buffer)
+        prefix = self.prefix
+        limit = self.max_line
+        while start < end:
+            newline = buffer.find(b"\n", start, min(end, start + limit))
+            if newline >= 0:
+                stop = newline + 1
+            elif end - start >= limit:
+                stop = start + limit  # an over-long line: answer this piece now
+            else:
+                break
+            replies.append(prefix)
+            replies.append(buffer[start:stop])
+            start = stop
+        del buffer[:start]
+        return b"".join(replies)
+
+    def close(self) -> bytes:
+        """End of input: answer the partial line, if any."""
+        if not self._partial:
+            return b""
+        reply = self.prefix + self._partial
+        self._partial.clear()
+        return reply
+
+
+def make_framer(framing: Framing = "chunk", prefix: bytes = DEFAULT_PREFIX, max_line: int = DEFAULT_MAX_LINE) -> Framer:
+    if framing == "chunk":
+        return ChunkFramer(prefix)
+    if framing == "line":
+        return LineFramer(prefix, max_line)
+    raise ValueError(f"unknown framing {framing!r} (use 'chunk' or 'line')")
+
+
+@types.coroutine
+def echo_handler(
+    client: Socket,
+    address: Any = None,
+    *,
+    prefix: bytes = DEFAULT_PREFIX,
+    framing: Framing = "chunk",
+    max_line: int = DEFAULT_MAX_LINE,
+) -> Generator[Any, Any, None]:
+    """Echo everything ``client`` sends, framed, until it closes its side."""
+    framer = make_framer(framing, prefix, max_line)
+    feed = framer.feed
+    sock = client.socket
+    recv = sock.recv
+    send = sock.send
+    readable = client._readable
+    writable = client._writable
+    unsent: Any = b""  # the part of the current reply not yet sent
+    try:
+        # The per-message loop: wait, read, answer. Dense on purpose; see the module doc.
+        while True:
+            yield readable
+            try:
+                data = recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            if not data:
+                break
+            client.bytes_in += len(data)
+            unsent = feed(data)
+            while unsent:
+                try:
+                    sent = send(unsent)
+                except BlockingIOError:
+                    yield writable
+                    continue
+                client.bytes_out += sent
+                unsent = memoryview(unsent)[sent:] if sent < len(unsent) else b""
+        unsent = framer.close()
+        if unsent:
+            yield from client.sendall(unsent)
+    except ConnectionError:
+        pass  # the peer reset or vanished: nobody is left to answer
+    except Cancelled:
+        yield from _drain(client, framer, unsent)
+        raise
+
+
+@types.coroutine
+def _drain(client: Socket, framer: Framer, unsent: Any) -> Generator[Any, Any, None]:
+    """Cancelled: echo what was already received (unsent reply, kernel buffer, partial line)."""
+    replies = [bytes(unsent)]
+    sock = client.socket
+    try:
+        while True:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                break
+            client.bytes_in += len(data)
+            replies.append(framer.feed(data))
+    except (BlockingIOError, ConnectionError):
+        pass
+    replies.append(framer.close())
+    reply = b"".join(replies)
+    if not reply:
+        return
+    try:
+        yield from timeout_after(DRAIN_SECONDS, client.sendall(reply))
+    except (TaskTimeout, OSError):
+        pass
+
+
+def make_echo_handler(
+    prefix: bytes = DEFAULT_PREFIX, framing: Framing = "chunk", max_line: int = DEFAULT_MAX_LINE
+) -> Callable[[Socket, Any], Generator[Any, Any, None]]:
+    """A handler for :func:`yieldio.tcp_server` with these settings."""
+    make_framer(framing, prefix, max_line)  # reject bad settings now, not at the first connection
+
+    def handler(client: Socket, address: Any) -> Generator[Any, Any, None]:
+        return echo_handler(client, address, prefix=prefix, framing=framing, max_line=max_line)
+
+    handler.__qualname__ = "echo_handler"
+    return handler

@@ -1,0 +1,177 @@
+"""TCP servers: a listening socket, an accept loop, one task per connection.
+
+The shape is the tutorial's ``tcp_server``: wait until the listening socket
+is readable, accept, start a task for the client, repeat. What a real server
+adds is here, around that loop, never inside a connection's per-message path:
+
+- each connection runs ``handler(client, address)`` in a task of its own,
+  closed when the handler ends, however it ends; a handler's exception is
+  logged by the kernel and touches no other connection;
+- accept errors that mean "out of descriptors or memory" pause accepting
+  with a back-off instead of spinning, and recover by themselves; a client
+  that gave up in the backlog (ECONNABORTED) is simply skipped;
+- ``max_clients`` stops accepting while that many connections are open (new
+  clients wait in the listen backlog), ``idle_timeout`` closes a connection
+  whose peer has sent nothing for that long, measured from the byte counter
+  the socket keeps anyway (no per-message timer).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import types
+from collections.abc import Callable, Generator
+from typing import Any
+
+from . import traps
+from .kernel import Kernel, Task, current_kernel
+from .sockets import Socket
+
+log = logging.getLogger("yieldio")
+
+Handler = Callable[[Socket, Any], Any]
+
+# accept() failures that say the process or the system is out of something:
+# pause, then try again.
+_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# accept() failures that concern one client that has already gone: skip it.
+_CLIENT_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET}
+_ACCEPTS_PER_TURN = 64  # then let the connections run, so a connect storm can't starve them
+
+
+def resolve(host: str, port: int) -> tuple[int, Any]:
+    """(family, address) to bind; '' means every IPv4 address, as in the tutorial."""
+    if host == "":
+        return socket.AF_INET, ("", port)
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return family, address
+
+
+def tcp_listen(address: tuple[str, int], *, backlog: int = 1024, reuse_port: bool = False) -> Socket:
+    """A bound, listening, non-blocking socket (IPv4 or IPv6, SO_REUSEADDR set)."""
+    host, port = address[0], address[1]
+    family, bind_address = resolve(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(bind_address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return Socket(sock)
+
+
+def _peer_name(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+        return f"{host}:{address[1]}"
+    return str(address)
+
+
+class _Connections:
+    """The open connections of one server, and the accept loop's wait for a free slot."""
+
+    def __init__(self, kernel: Kernel, handler: Handler, max_clients: int | None, idle_timeout: float | None):
+        self.kernel = kernel
+        self.handler = handler
+        self.handler_name = getattr(handler, "__qualname__", "handler")
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.open = 0
+        self.slot_waiters: list[Task] = []
+
+    def start(self, client: Socket, address: Any) -> None:
+        self.open += 1
+        task = self.kernel.spawn(self.serve_one(client, address), name=f"{self.handler_name} {_peer_name(address)}")
+        task.peer = address
+        if self.idle_timeout:
+            self.kernel.call_later(self.idle_timeout, self.check_idle, (task, client, client.bytes_in))
+
+    @types.coroutine
+    def serve_one(self, client: Socket, address: Any) -> Generator[Any, Any, Any]:
+        log.info("connection from %s", _peer_name(address))
+        try:
+            return (yield from self.handler(client, address))
+        finally:
+            client.close()
+            self.open -= 1
+            if self.slot_waiters:
+                self.kernel.wake_all(self.slot_waiters)
+            log.info("connection closed %s", _peer_name(address))
+
+    def check_idle(self, arg: tuple[Task, Socket, int]) -> None:
+        task, client, seen = arg
+        if task.done:
+            return
+        if client.bytes_in == seen:
+            log.info("closing %s: idle for %ss", _peer_name(task.peer), self.idle_timeout)
+            self.kernel.cancel_nowait(task)
+        else:
+            self.kernel.call_later(self.idle_timeout or 0, self.check_idle, (task, client, client.bytes_in))
+
+
+@types.coroutine
+def serve(
+    listener: Socket,
+    handler: Handler,
+    *,
+    max_clients: int | None = None,
+    idle_timeout: float | None = None,
+) -> Generator[Any, Any, None]:
+    """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``."""
+    connections = _Connections(current_kernel(), handler, max_clients, idle_timeout)
+    pause = 0.0
+    while True:
+        if max_clients is not None and connections.open >= max_clients:
+            log.warning("%d clients connected (--max-clients): not accepting until one leaves", connections.open)
+            while connections.open >= max_clients:
+                yield from traps.park(connections.slot_waiters)
+            log.info("accepting again (%d clients connected)", connections.open)
+        for _ in range(_ACCEPTS_PER_TURN):
+            try:
+                client, address = listener._sock.accept()
+            except BlockingIOError:
+                yield from listener.wait_readable()
+                break
+            except OSError as error:
+                if error.errno in _CLIENT_GONE:
+                    continue
+                if error.errno not in _EXHAUSTED:
+                    raise
+                if not pause:
+                    log.warning("accept failed (%s): pausing until resources free up", error.strerror)
+                pause = min(pause * 2 or 0.05, 1.0)
+                yield from traps.sleep(pause)
+                break
+            if pause:
+                log.info("accepting again")
+                pause = 0.0
+            connections.start(Socket(client), address)
+            if max_clients is not None and connections.open >= max_clients:
+                break
+        else:
+            yield from traps.sleep(0)
+
+
+@types.coroutine
+def tcp_server(
+    address: tuple[str, int],
+    handler: Handler,
+    *,
+    backlog: int = 1024,
+    reuse_port: bool = False,
+    max_clients: int | None = None,
+    idle_timeout: float | None = None,
+) -> Generator[Any, Any, None]:
+    """Listen on ``address`` and serve each connection with ``handler(client, address)``."""
+    listener = tcp_listen(address, backlog=backlog, reuse_port=reuse_port)
+    log.info("listening on %s", _peer_name(listener.getsockname()))
+    with listener:
+        yield from serve(listener, handler, max_clients=max_clients, idle_timeout=idle_timeout)
