@@ -406,9 +406,10 @@ class Kernel:
 
     def _reject(self, task: Task, trap: Any, error: Exception) -> None:
         """Throw a trap's failure back into the task that yielded it; the kernel goes on."""
-        self._unpark(task)
-        task.trap = None
         well_formed = type(trap) is tuple and len(trap) == 2 and isinstance(trap[0], str)
+        if well_formed:
+            self._unpark(task)
+        task.trap = None
         if not well_formed or (trap[0] not in ("recv", "send") and trap[0] not in self._traps):
             error = TypeError(
                 f"task {task.name!r} yielded {trap!r}; a task may yield ('recv', sock), "
