@@ -296,22 +296,21 @@ class Kernel:
 
     def run(self, main: Coro | Callable[[], Coro] | None = None, *, handle_signals: bool = True) -> Any:
         """Run ``main`` to completion and return its result; with no main, run until no task is left."""
-        global _running
-        if _running is not None:
+        if running_kernel() is not None:
             raise RuntimeError("a yieldio kernel is already running in this thread")
         if main is not None and not hasattr(main, "send"):
             main = main()  # a coroutine function or generator function
         main_task = self.spawn(main, name=getattr(main, "__qualname__", None)) if main is not None else None
         if main_task is not None:
             main_task.watched = True
-        _running = self
+        _this_thread.kernel = self
         restore = self._catch_signals() if handle_signals else None
         try:
             self._loop(main_task)
             if self._tasks:
                 self._stop_all()
         finally:
-            _running = None
+            _this_thread.kernel = None
             self.current = None
             if restore is not None:
                 restore()
@@ -666,14 +665,24 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     """The C-level handler has already written the signal to the wakeup socket."""
 
 
-_running: Kernel | None = None
+class _ThreadState(threading.local):
+    kernel: Kernel | None = None  # each thread may run a kernel of its own
+
+
+_this_thread = _ThreadState()
+
+
+def running_kernel() -> Kernel | None:
+    """The kernel running in this thread, if any."""
+    return _this_thread.kernel
 
 
 def current_kernel() -> Kernel:
     """The kernel running in this thread."""
-    if _running is None:
+    kernel = _this_thread.kernel
+    if kernel is None:
         raise RuntimeError("no yieldio kernel is running")
-    return _running
+    return kernel
 
 
 class _ClassicTasks:
@@ -686,17 +695,19 @@ class _ClassicTasks:
         self._pending: list[Coro] = []
 
     def append(self, coro: Coro) -> None:
-        if _running is None:
+        kernel = _this_thread.kernel
+        if kernel is None:
             self._pending.append(coro)
         else:
-            _running.spawn(coro)
+            kernel.spawn(coro)
 
     def _take(self) -> list[Coro]:
         pending, self._pending = self._pending, []
         return pending
 
     def __len__(self) -> int:
-        return _running._live if _running is not None else len(self._pending)
+        kernel = _this_thread.kernel
+        return kernel._live if kernel is not None else len(self._pending)
 
     def __repr__(self) -> str:
         return f"<yieldio tasks: {len(self)}>"

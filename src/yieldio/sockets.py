@@ -33,7 +33,7 @@ Waits = Generator[Any, Any, T]
 
 
 def _forget(fd: int) -> None:
-    running = _kernel._running
+    running = _kernel._this_thread.kernel
     if running is not None:
         running.forget_fd(fd)
 
