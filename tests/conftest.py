@@ -106,17 +106,21 @@ class ServerProcess:
 
 def start_server(*args: str, host: str = "127.0.0.1", cmd: list[str] | None = None) -> ServerProcess:
     """``python -m yieldio serve --port 0 ...``; returns once it logged the port it listens on."""
-    command = cmd or [sys.executable, "-m", "yieldio", "serve", "--host", host, "--port", "0", *args]
+    quiet = "--log-level" in args and args[args.index("--log-level") + 1] in ("warning", "error")
+    port = free_port(host) if quiet else 0  # a quiet server doesn't log its port: pick one and poll it
+    command = cmd or [sys.executable, "-m", "yieldio", "serve", "--host", host, "--port", str(port), *args]
     proc = subprocess.Popen(command, env=python_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    server = ServerProcess(proc, host, 0)
+    server = ServerProcess(proc, host, port)
     try:
-        log = server.read_log_until(b"listening on")
+        if quiet:
+            wait_for_port(host, port)
+        else:
+            match = LISTENING.search(server.read_log_until(b"listening on"))
+            assert match is not None
+            server.port = int(match.group(2))
     except BaseException:
         server.stop(signal.SIGKILL)
         raise
-    match = LISTENING.search(log)
-    assert match is not None
-    server.port = int(match.group(2))
     return server
 
 

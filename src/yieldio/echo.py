@@ -163,25 +163,35 @@ def echo_handler(
 
 @types.coroutine
 def _drain(client: Socket, framer: Framer, unsent: Any) -> Generator[Any, Any, None]:
-    """Cancelled: echo what was already received (unsent reply, kernel buffer, partial line)."""
+    """Cancelled: echo what was already received, then close without losing it.
+
+    First the unsent part of the current reply, whatever sits in the kernel's
+    receive buffer, and the partial line; then a half-close, so the client
+    reads EOF after the last reply; then read and discard until the client
+    closes too, because closing a socket with unread input would reset the
+    connection and throw away replies still in flight.
+    """
     replies = [bytes(unsent)]
     sock = client.socket
     try:
-        while True:
-            data = sock.recv(RECV_SIZE)
-            if not data:
-                break
+        while data := sock.recv(RECV_SIZE):
             client.bytes_in += len(data)
             replies.append(framer.feed(data))
     except (BlockingIOError, ConnectionError):
         pass
     replies.append(framer.close())
-    reply = b"".join(replies)
-    if not reply:
-        return
     try:
-        yield from timeout_after(DRAIN_SECONDS, client.sendall(reply))
+        yield from timeout_after(DRAIN_SECONDS, _flush_and_linger(client, b"".join(replies)))
     except (TaskTimeout, OSError):
+        pass
+
+
+@types.coroutine
+def _flush_and_linger(client: Socket, reply: bytes) -> Generator[Any, Any, None]:
+    if reply:
+        yield from client.sendall(reply)
+    client.shutdown_write()
+    while (yield from client.recv(RECV_SIZE)):
         pass
 
 
