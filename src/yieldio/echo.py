@@ -124,7 +124,7 @@ def echo_handler(
 ) -> Generator[Any, Any, None]:
     """Echo everything ``client`` sends, framed, until it closes its side."""
     framer = make_framer(framing, prefix, max_line)
-    feed = framer.feed
+    feed = None if framing == "chunk" else framer.feed  # chunk framing is inlined below
     sock = client.socket
     recv = sock.recv
     send = sock.send
@@ -142,7 +142,7 @@ def echo_handler(
             if not data:
                 break
             client.bytes_in += len(data)
-            unsent = feed(data)
+            unsent = (prefix + data) if feed is None else feed(data)
             while unsent:
                 try:
                     sent = send(unsent)

@@ -149,7 +149,7 @@ class Task:
 
     __slots__ = (
         "id", "name", "coro", "daemon", "created", "trap", "done", "result", "exception",
-        "watched", "group", "peer", "_send", "_throw", "_next", "_exc", "_joiners", "_timer",
+        "watched", "supervisor", "peer", "_send", "_throw", "_next", "_exc", "_joiners", "_timer",
     )  # fmt: skip
 
     _ids = itertools.count(1)
@@ -167,7 +167,7 @@ class Task:
         self.result: Any = None
         self.exception: BaseException | None = None
         self.watched = False  # someone will receive its outcome (run's main task), so don't log it
-        self.group: Any = None  # the TaskGroup it belongs to
+        self.supervisor: Any = None  # told when it ends (TaskGroup, server), and reports its failure
         self.peer: Any = None  # for connection tasks, the peer's address
         self._send = coro.send
         self._throw = coro.throw
@@ -518,7 +518,7 @@ class Kernel:
             error is not None
             and not joiners
             and not task.watched
-            and task.group is None
+            and task.supervisor is None
             and not isinstance(error, Cancelled)
         ):
             log.error("task %r crashed", task.name, exc_info=error)
@@ -529,8 +529,8 @@ class Kernel:
                 waiter._next = result if wants_outcome else True
             self._ready.append(waiter)
         joiners.clear()
-        if task.group is not None:
-            task.group._child_done(task)
+        if task.supervisor is not None:
+            task.supervisor._child_done(task)
 
     # -- traps other than the two I/O waits: return True to resume the task at once
 

@@ -106,7 +106,7 @@ class TaskGroup:
         if self._closing and not self._children:
             raise RuntimeError("this TaskGroup has ended")
         task = await traps.spawn(coro, name=name)
-        task.group = self
+        task.supervisor = self
         self._children.add(task)
         return task
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from . import traps
-from .kernel import Kernel, Task, current_kernel
+from .kernel import Cancelled, Kernel, Task, current_kernel
 from .sockets import Socket
 
 log = logging.getLogger("yieldio")
@@ -76,7 +76,7 @@ def _peer_name(address: Any) -> str:
 
 
 class _Connections:
-    """The open connections of one server, and the accept loop's wait for a free slot."""
+    """The open connections of one server (each task's socket), and the accept loop's wait for a free slot."""
 
     def __init__(self, kernel: Kernel, handler: Handler, max_clients: int | None, idle_timeout: float | None):
         self.kernel = kernel
@@ -84,37 +84,46 @@ class _Connections:
         self.handler_name = getattr(handler, "__qualname__", "handler")
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
-        self.open = 0
+        self.clients: dict[Task, Socket] = {}
         self.slot_waiters: list[Task] = []
 
     def start(self, client: Socket, address: Any) -> None:
-        self.open += 1
-        task = self.kernel.spawn(self.serve_one(client, address), name=f"{self.handler_name} {_peer_name(address)}")
-        task.peer = address
-        if self.idle_timeout:
-            self.kernel.call_later(self.idle_timeout, self.check_idle, (task, client, client.bytes_in))
-
-    @types.coroutine
-    def serve_one(self, client: Socket, address: Any) -> Generator[Any, Any, Any]:
-        log.info("connection from %s", _peer_name(address))
+        # The handler's own generator or coroutine is the task (no wrapper
+        # around it, which would cost a frame per message); the cleanup runs
+        # in _child_done when the kernel reports the task's end.
+        peer = _peer_name(address)
         try:
-            return (yield from self.handler(client, address))
-        finally:
+            task = self.kernel.spawn(self.handler(client, address), name=f"{self.handler_name} {peer}")
+        except Exception:
+            log.exception("connection %s: could not start %s", peer, self.handler_name)
             client.close()
-            self.open -= 1
-            if self.slot_waiters:
-                self.kernel.wake_all(self.slot_waiters)
-            log.info("connection closed %s", _peer_name(address))
+            return
+        task.peer = address
+        task.supervisor = self
+        self.clients[task] = client
+        log.info("connection from %s", peer)
+        if self.idle_timeout:
+            self.kernel.call_later(self.idle_timeout, self.check_idle, (task, client.bytes_in))
 
-    def check_idle(self, arg: tuple[Task, Socket, int]) -> None:
-        task, client, seen = arg
-        if task.done:
+    def _child_done(self, task: Task) -> None:
+        self.clients.pop(task).close()
+        if self.slot_waiters:
+            self.kernel.wake_all(self.slot_waiters)
+        error = task.exception
+        if error is not None and not isinstance(error, Cancelled):
+            log.error("connection %s: %r failed", _peer_name(task.peer), task.name, exc_info=error)
+        log.info("connection closed %s", _peer_name(task.peer))
+
+    def check_idle(self, arg: tuple[Task, int]) -> None:
+        task, seen = arg
+        client = self.clients.get(task)
+        if client is None:
             return
         if client.bytes_in == seen:
             log.info("closing %s: idle for %ss", _peer_name(task.peer), self.idle_timeout)
             self.kernel.cancel_nowait(task)
         else:
-            self.kernel.call_later(self.idle_timeout or 0, self.check_idle, (task, client, client.bytes_in))
+            self.kernel.call_later(self.idle_timeout or 0, self.check_idle, (task, client.bytes_in))
 
 
 @types.coroutine
@@ -129,11 +138,11 @@ def serve(
     connections = _Connections(current_kernel(), handler, max_clients, idle_timeout)
     pause = 0.0
     while True:
-        if max_clients is not None and connections.open >= max_clients:
-            log.warning("%d clients connected (--max-clients): not accepting until one leaves", connections.open)
-            while connections.open >= max_clients:
+        if max_clients is not None and len(connections.clients) >= max_clients:
+            log.warning("%d clients connected (--max-clients): not accepting until one leaves", len(connections.clients))
+            while len(connections.clients) >= max_clients:
                 yield from traps.park(connections.slot_waiters)
-            log.info("accepting again (%d clients connected)", connections.open)
+            log.info("accepting again (%d clients connected)", len(connections.clients))
         for _ in range(_ACCEPTS_PER_TURN):
             try:
                 client, address = listener._sock.accept()
@@ -154,7 +163,7 @@ def serve(
                 log.info("accepting again")
                 pause = 0.0
             connections.start(Socket(client), address)
-            if max_clients is not None and connections.open >= max_clients:
+            if max_clients is not None and len(connections.clients) >= max_clients:
                 break
         else:
             yield from traps.sleep(0)
