@@ -15,7 +15,8 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .echo import DEFAULT_MAX_LINE, make_echo_handler
-from .kernel import run
+from .instrument import Tracer
+from .kernel import Kernel
 from .server import _peer_name, serve, tcp_listen
 
 log = logging.getLogger("yieldio")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--max-clients", type=_positive_int, default=None, metavar="N", help="stop accepting while N connections are open (default: no limit)")
     serve_parser.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS", help="close a connection that has sent nothing for this long (default: never; 300 is sensible on the open internet)")
     serve_parser.add_argument("--backlog", type=_positive_int, default=1024, metavar="N", help="listen backlog (default: %(default)s)")
+    serve_parser.add_argument("--trace", action="store_true", help="print every scheduling event to stderr (as YIELDIO_TRACE=1 does)")
     serve_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="(default: %(default)s)")
     serve_parser.set_defaults(func=serve_command)
     return parser
@@ -95,11 +97,14 @@ def serve_command(args: argparse.Namespace) -> int:
         "listening on %s (echo, framing=%s, prefix=%r)", _peer_name(listener.getsockname()), args.framing, prefix
     )
 
-    async def main() -> None:
+    async def accept_loop() -> None:
         with listener:
             await serve(listener, handler, max_clients=args.max_clients, idle_timeout=args.idle_timeout)
 
-    run(main)
+    kernel = Kernel()
+    if args.trace:
+        kernel.add_instrument(Tracer())
+    kernel.run(accept_loop)
     log.info("stopped")
     return 0
 

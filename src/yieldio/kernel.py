@@ -35,8 +35,8 @@ runs. Timeouts are cancellations with a deadline.
 *Faults stay local.* An exception that escapes a task ends that task alone;
 it is logged (logger ``yieldio``) unless someone is there to receive it.
 
-*Signals.* While running in the main thread, SIGINT and SIGTERM start an
-orderly shutdown: every task is cancelled at its wait point and given a grace
+*Signals.* While running in the main thread, SIGUSR1 logs the task table
+and SIGINT and SIGTERM start an orderly shutdown: every task is cancelled at its wait point and given a grace
 period for its cleanup; a second signal, or the end of the grace period,
 closes what is left.
 
@@ -49,6 +49,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import select
 import selectors
 import signal
@@ -149,7 +150,7 @@ class Task:
 
     __slots__ = (
         "id", "name", "coro", "daemon", "created", "trap", "done", "result", "exception",
-        "watched", "supervisor", "peer", "_send", "_throw", "_next", "_exc", "_joiners", "_timer",
+        "watched", "supervisor", "peer", "connection", "_send", "_throw", "_next", "_exc", "_joiners", "_timer",
     )  # fmt: skip
 
     _ids = itertools.count(1)
@@ -168,7 +169,8 @@ class Task:
         self.exception: BaseException | None = None
         self.watched = False  # someone will receive its outcome (run's main task), so don't log it
         self.supervisor: Any = None  # told when it ends (TaskGroup, server), and reports its failure
-        self.peer: Any = None  # for connection tasks, the peer's address
+        self.peer: Any = None  # for connection tasks, the peer's address...
+        self.connection: Any = None  # ... and its Socket (whose byte counters the task table shows)
         self._send = coro.send
         self._throw = coro.throw
         self._next: Any = None  # the value to send at its next resumption
@@ -189,24 +191,7 @@ class Task:
         return traps.cancel(self, exc)
 
     def __repr__(self) -> str:
-        state = "done" if self.done else describe_trap(self.trap)
-        return f"<Task {self.id} {self.name!r} {state}>"
-
-
-def describe_trap(trap: Any) -> str:
-    if trap is None:
-        return "ready"
-    op, arg = trap
-    if op == "recv":
-        return f"waiting to read fd {arg if isinstance(arg, int) else arg.fileno()}"
-    if op == "send":
-        return f"waiting to write fd {arg if isinstance(arg, int) else arg.fileno()}"
-    if op == "sleep":
-        return "sleeping"
-    if op in ("join", "wait", "cancel"):
-        target = arg[0] if op == "cancel" else arg
-        return f"waiting for task {target.id}"
-    return f"parked ({op})"
+        return f"<Task {self.id} {self.name!r}{' done' if self.done else ''}>"
 
 
 class Kernel:
@@ -225,6 +210,7 @@ class Kernel:
         self._tasks: dict[int, Task] = {}
         self._live = 0  # tasks that are not daemons and not done
         self.current: Task | None = None
+        self.instruments: list[Any] = []  # objects with some of yieldio.instrument.Instrument's methods
         self.stopping = False
         self.signalled: int | None = None
         self._traps: dict[str, Callable[[Task, Any], bool]] = {
@@ -246,6 +232,8 @@ class Kernel:
         if not daemon:
             self._live += 1
         self._ready.append(task)
+        if self.instruments:
+            self._emit("task_spawned", task)
         return task
 
     def tasks(self) -> list[Task]:
@@ -268,6 +256,8 @@ class Kernel:
             return False
         if task._exc is None:
             task._exc = exc if exc is not None else Cancelled()
+        if self.instruments:
+            self._emit("task_cancelled", task, task._exc)
         if self._unpark(task):
             self._ready.append(task)
         return True
@@ -292,6 +282,40 @@ class Kernel:
             if task is not None:
                 self._ready.append(task)
 
+    def add_instrument(self, instrument: Any) -> None:
+        """Have ``instrument`` told of every scheduling event (see :mod:`yieldio.instrument`)."""
+        self.instruments.append(instrument)
+
+    def _emit(self, event: str, task: Task, *details: Any) -> None:
+        for instrument in self.instruments:
+            hook = getattr(instrument, event, None)
+            if hook is not None:
+                hook(task, *details)
+
+    def describe(self, task: Task) -> str:
+        """What the task is doing now, in the tutorial's words."""
+        if task.done:
+            return "finished" if task.exception is None else f"crashed ({type(task.exception).__name__})"
+        if task is self.current:
+            return "running"
+        trap = task.trap
+        if trap is not None:
+            op, arg = trap
+            if op in ("recv", "send"):
+                waiting = self._readers if op == "recv" else self._writers
+                fd = arg if type(arg) is int else next((f for f, t in waiting.items() if t is task), None)
+                if fd is not None and waiting.get(fd) is task:
+                    return f"waiting to {'read' if op == 'recv' else 'write'} fd {fd}"
+            elif op == "sleep" and task._timer is not None:
+                return f"sleeping ({task._timer[0] - time.monotonic():.3f}s left)"
+            elif op in ("join", "wait", "cancel"):
+                target = arg[0] if op == "cancel" else arg
+                if any(waiter is task for waiter, _ in target._joiners):
+                    return f"waiting for task {target.id}"
+            elif op == "park" and any(waiter is task for waiter in arg):
+                return "parked"
+        return "ready"
+
     # -- running ------------------------------------------------------------
 
     def run(self, main: Coro | Callable[[], Coro] | None = None, *, handle_signals: bool = True) -> Any:
@@ -300,7 +324,7 @@ class Kernel:
             raise RuntimeError("a yieldio kernel is already running in this thread")
         if main is not None and not hasattr(main, "send"):
             main = main()  # a coroutine function or generator function
-        main_task = self.spawn(main, name=getattr(main, "__qualname__", None)) if main is not None else None
+        main_task = self.spawn(main, name=getattr(main, "__name__", None)) if main is not None else None
         if main_task is not None:
             main_task.watched = True
         _this_thread.kernel = self
@@ -337,6 +361,7 @@ class Kernel:
         traps_ = self._traps
         poll = self._poller.poll
         monotonic = time.monotonic
+        instruments = self.instruments  # each hook below costs one falsy check when nobody listens
         while (self._live if until is None else not until.done):
             if ready:
                 timeout = 0.0
@@ -355,6 +380,10 @@ class Kernel:
                     append(writer)
                 elif reader is None:
                     self._drop_interest(fd)  # nobody waits for what happened
+                if instruments:
+                    for woken, what in ((reader, "readable"), (writer, "writable")):
+                        if woken is not None:
+                            self._emit("task_woken", woken, f"poll: fd {fd} {what}")
             if timers and timers[0][0] <= monotonic():
                 self._fire_timers()
             n = len(ready)
@@ -362,6 +391,8 @@ class Kernel:
                 n -= 1
                 task = popleft()
                 self.current = task
+                if instruments:
+                    self._emit("task_resumed", task)
                 try:
                     if task._exc is None:
                         trap = task._send(task._next)
@@ -401,6 +432,8 @@ class Kernel:
                 except Exception as error:  # noqa: BLE001 - a bad trap is the task's error, not the kernel's
                     self._reject(task, trap, error)
                     n += 1
+                if instruments:
+                    self._emit("task_yielded", task, trap)
             self.current = None
 
     def _reject(self, task: Task, trap: Any, error: Exception) -> None:
@@ -513,6 +546,8 @@ class Kernel:
         self._tasks.pop(task.id, None)
         if not task.daemon:
             self._live -= 1
+        if self.instruments:
+            self._emit("task_finished", task)
         joiners = task._joiners
         if (
             error is not None
@@ -546,6 +581,8 @@ class Kernel:
         task._timer = None
         task._next = None
         self._ready.append(task)
+        if self.instruments:
+            self._emit("task_woken", task, "timer")
 
     def _trap_spawn(self, task: Task, arg: tuple[Coro, str | None, bool]) -> bool:
         coro, name, daemon = arg
@@ -600,7 +637,8 @@ class Kernel:
         wake_read.setblocking(False)
         wake_write.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        old_handlers = {sig: signal.signal(sig, _ignore_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        caught = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+        old_handlers = {sig: signal.signal(sig, _ignore_signal) for sig in caught}
         self.spawn(self._watch_signals(wake_read), name="signal watcher", daemon=True)
 
         def restore() -> None:
@@ -623,6 +661,11 @@ class Kernel:
                 self._on_signal(signum)
 
     def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGUSR1:
+            from .instrument import task_table
+
+            log.warning("SIGUSR1: %d tasks\n%s", len(self._tasks), task_table(self))
+            return
         name = signal.Signals(signum).name
         if self.stopping:
             log.warning("%s again: stopping now", name)
@@ -722,6 +765,10 @@ def run(main: Coro | Callable[[], Coro] | None = None, *, handle_signals: bool =
     With no argument, run what was put in ``tasks`` until no task is left, as the tutorial does.
     """
     kernel = Kernel()
+    if os.environ.get("YIELDIO_TRACE", "") not in ("", "0"):
+        from .instrument import Tracer
+
+        kernel.add_instrument(Tracer())
     for coro in tasks._take():
         kernel.spawn(coro)
     return kernel.run(main, handle_signals=handle_signals)

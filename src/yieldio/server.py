@@ -76,7 +76,7 @@ def _peer_name(address: Any) -> str:
 
 
 class _Connections:
-    """The open connections of one server (each task's socket), and the accept loop's wait for a free slot."""
+    """The open connections of one server, and the accept loop's wait for a free slot."""
 
     def __init__(self, kernel: Kernel, handler: Handler, max_clients: int | None, idle_timeout: float | None):
         self.kernel = kernel
@@ -84,7 +84,7 @@ class _Connections:
         self.handler_name = getattr(handler, "__qualname__", "handler")
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
-        self.clients: dict[Task, Socket] = {}
+        self.open = 0
         self.slot_waiters: list[Task] = []
 
     def start(self, client: Socket, address: Any) -> None:
@@ -99,14 +99,16 @@ class _Connections:
             client.close()
             return
         task.peer = address
+        task.connection = client
         task.supervisor = self
-        self.clients[task] = client
+        self.open += 1
         log.info("connection from %s", peer)
         if self.idle_timeout:
             self.kernel.call_later(self.idle_timeout, self.check_idle, (task, client.bytes_in))
 
     def _child_done(self, task: Task) -> None:
-        self.clients.pop(task).close()
+        task.connection.close()
+        self.open -= 1
         if self.slot_waiters:
             self.kernel.wake_all(self.slot_waiters)
         error = task.exception
@@ -116,8 +118,8 @@ class _Connections:
 
     def check_idle(self, arg: tuple[Task, int]) -> None:
         task, seen = arg
-        client = self.clients.get(task)
-        if client is None:
+        client = task.connection
+        if task.done:
             return
         if client.bytes_in == seen:
             log.info("closing %s: idle for %ss", _peer_name(task.peer), self.idle_timeout)
@@ -138,11 +140,11 @@ def serve(
     connections = _Connections(current_kernel(), handler, max_clients, idle_timeout)
     pause = 0.0
     while True:
-        if max_clients is not None and len(connections.clients) >= max_clients:
-            log.warning("%d clients connected (--max-clients): not accepting until one leaves", len(connections.clients))
-            while len(connections.clients) >= max_clients:
+        if max_clients is not None and connections.open >= max_clients:
+            log.warning("%d clients connected (--max-clients): not accepting until one leaves", connections.open)
+            while connections.open >= max_clients:
                 yield from traps.park(connections.slot_waiters)
-            log.info("accepting again (%d clients connected)", len(connections.clients))
+            log.info("accepting again (%d clients connected)", connections.open)
         for _ in range(_ACCEPTS_PER_TURN):
             try:
                 client, address = listener._sock.accept()
@@ -163,7 +165,7 @@ def serve(
                 log.info("accepting again")
                 pause = 0.0
             connections.start(Socket(client), address)
-            if max_clients is not None and len(connections.clients) >= max_clients:
+            if max_clients is not None and connections.open >= max_clients:
                 break
         else:
             yield from traps.sleep(0)

@@ -1,0 +1,116 @@
+"""Watching the scheduler: the instrument hook, the trace, and the task table.
+
+The kernel tells every object in ``Kernel.instruments`` about each
+scheduling event, by calling the method of that name if it has one (the idea
+of trio's Instrument API). With no instrument the hot loop pays one falsy
+list check per event, nothing more, so instrumentation can stay compiled in.
+
+Events, in the tutorial's terms:
+
+- ``task_spawned(task)``: a new task joins the ready queue;
+- ``task_resumed(task)``: the scheduler runs it (``next(task)`` in the tutorial);
+- ``task_yielded(task, trap)``: it gave control back, saying what it waits for;
+- ``task_woken(task, why)``: it leaves a waiting area for the ready queue
+  (``why`` is ``"poll: fd 7 readable"``, ``"timer"``...);
+- ``task_cancelled(task, exc)``: an exception is on its way to its wait point;
+- ``task_finished(task)``: it returned, or crashed (``task.exception``).
+
+:class:`Tracer` turns these into one line each, and :func:`task_table`
+lists what every task is doing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+from .kernel import Cancelled, Kernel, Task
+
+trace_log = logging.getLogger("yieldio.trace")
+
+
+class Instrument:
+    """Base class for instruments: override the events you care about."""
+
+    def task_spawned(self, task: Task) -> None: ...
+    def task_resumed(self, task: Task) -> None: ...
+    def task_yielded(self, task: Task, trap: Any) -> None: ...
+    def task_woken(self, task: Task, why: str) -> None: ...
+    def task_cancelled(self, task: Task, exc: BaseException) -> None: ...
+    def task_finished(self, task: Task) -> None: ...
+
+
+def _describe_wait(trap: Any) -> str:
+    if type(trap) is not tuple or len(trap) != 2:
+        return f"yielded {trap!r}"
+    op, arg = trap
+    if op in ("recv", "send"):
+        fd = arg if isinstance(arg, int) else arg.fileno()
+        return f"parked in the waiting area: {'read' if op == 'recv' else 'write'} fd {fd}"
+    if op == "sleep":
+        return "back to the ready queue (sleep 0)" if arg <= 0 else f"sleeping {arg:g}s"
+    if op in ("join", "wait"):
+        return f"waiting for task {arg.id}"
+    if op == "cancel":
+        return f"cancelling task {arg[0].id}"
+    if op == "park":
+        return "parked"
+    return f"trap {op}"
+
+
+class Tracer(Instrument):
+    """One line per scheduling event on stderr, timestamped from the tracer's start."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.start = time.monotonic()
+        self.stream = stream
+
+    def _line(self, task: Task, event: str, detail: str = "") -> None:
+        line = f"{time.monotonic() - self.start:10.6f}  {event:<9} #{task.id:<4} {task.name:<32} {detail}".rstrip()
+        (self.stream or sys.stderr).write(line + "\n")
+
+    def task_spawned(self, task: Task) -> None:
+        self._line(task, "spawn", "created, into the ready queue")
+
+    def task_resumed(self, task: Task) -> None:
+        self._line(task, "run", "resumed from the ready queue")
+
+    def task_yielded(self, task: Task, trap: Any) -> None:
+        if trap is None or task.done:
+            return
+        self._line(task, "yield", _describe_wait(trap))
+
+    def task_woken(self, task: Task, why: str) -> None:
+        self._line(task, "wake", f"{why} -> ready queue")
+
+    def task_cancelled(self, task: Task, exc: BaseException) -> None:
+        self._line(task, "cancel", f"{type(exc).__name__} on its way")
+
+    def task_finished(self, task: Task) -> None:
+        if task.exception is None:
+            self._line(task, "finish", f"returned {task.result!r:.40}")
+        else:
+            event = "finish" if isinstance(task.exception, Cancelled) else "crash"
+            self._line(task, event, f"{type(task.exception).__name__} {task.exception}".rstrip())
+
+
+def task_table(kernel: Kernel) -> str:
+    """Every live task: id, name, state, age, and for connections the peer and bytes in/out."""
+    now = time.monotonic()
+    rows = [("id", "name", "state", "age", "peer", "in", "out")]
+    for task in sorted(kernel.tasks(), key=lambda t: t.id):
+        conn = task.connection
+        peer = task.peer
+        rows.append((
+            str(task.id),
+            task.name,
+            kernel.describe(task),
+            f"{now - task.created:.1f}s",
+            "" if peer is None else (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)),
+            "" if conn is None else str(conn.bytes_in),
+            "" if conn is None else str(conn.bytes_out),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
