@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
+import resource
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -18,6 +18,8 @@ from .echo import DEFAULT_MAX_LINE, make_echo_handler
 from .instrument import Tracer
 from .kernel import Kernel
 from .server import _peer_name, serve, tcp_listen
+from .sockets import Socket
+from .workers import supervise
 
 log = logging.getLogger("yieldio")
 
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--max-line", type=_positive_int, default=DEFAULT_MAX_LINE, metavar="BYTES", help="with --framing line, answer longer lines in pieces of this size (default: %(default)s)")
     serve_parser.add_argument("--max-clients", type=_positive_int, default=None, metavar="N", help="stop accepting while N connections are open (default: no limit)")
     serve_parser.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS", help="close a connection that has sent nothing for this long (default: never; 300 is sensible on the open internet)")
+    serve_parser.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="run N processes sharing the port with SO_REUSEPORT (Linux); the parent restarts any that dies (default: %(default)s)")
     serve_parser.add_argument("--backlog", type=_positive_int, default=1024, metavar="N", help="listen backlog (default: %(default)s)")
     serve_parser.add_argument("--trace", action="store_true", help="print every scheduling event to stderr (as YIELDIO_TRACE=1 does)")
     serve_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="(default: %(default)s)")
@@ -85,28 +88,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    reuse_port = args.workers > 1
     try:
-        listener = tcp_listen((args.host, args.port), backlog=args.backlog)
+        listener = tcp_listen((args.host, args.port), backlog=args.backlog, reuse_port=reuse_port)
     except (OSError, UnicodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         print(f"yieldio: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
+    _raise_descriptor_limit()
     prefix = args.prefix.encode()
     handler = make_echo_handler(prefix, args.framing, args.max_line)
-    log.info(
-        "listening on %s (echo, framing=%s, prefix=%r)", _peer_name(listener.getsockname()), args.framing, prefix
-    )
+    address = listener.getsockname()
+    log.info("listening on %s (echo, framing=%s, prefix=%r)", _peer_name(address), args.framing, prefix)
 
-    async def accept_loop() -> None:
-        with listener:
-            await serve(listener, handler, max_clients=args.max_clients, idle_timeout=args.idle_timeout)
+    def serve_here(listener: Socket) -> int:
+        async def accept_loop() -> None:
+            with listener:
+                await serve(listener, handler, max_clients=args.max_clients, idle_timeout=args.idle_timeout)
 
-    kernel = Kernel()
-    if args.trace:
-        kernel.add_instrument(Tracer())
-    kernel.run(accept_loop)
-    log.info("stopped")
-    return 0
+        kernel = Kernel()
+        if args.trace:
+            kernel.add_instrument(Tracer())
+        kernel.run(accept_loop)
+        log.info("stopped")
+        return 0
+
+    if not reuse_port:
+        return serve_here(listener)
+
+    def worker() -> int:
+        # each worker listens on a socket of its own, so the kernel balances connections between them
+        return serve_here(tcp_listen((args.host, address[1]), backlog=args.backlog, reuse_port=True))
+
+    listener.close()  # it only checked the address: a socket nobody accepts on would strand clients
+    return supervise(args.workers, worker)
+
+
+def _raise_descriptor_limit() -> None:
+    """One descriptor per client: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.debug("could not raise the descriptor limit from %d", soft)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
