@@ -1,4 +1,4 @@
-"""The command line: ``yieldio serve`` runs the echo server.
+"""The command line: ``yieldio serve`` runs the echo server, ``yieldio connect`` talks to one.
 
 Errors a user can make (a wrong flag, a bad port, a busy address) end in one
 readable line on stderr and a non-zero exit status, never a traceback.
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from .client import add_connect_parser
 from .echo import DEFAULT_MAX_LINE, make_echo_handler
 from .instrument import Tracer
 from .kernel import Kernel
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--trace", action="store_true", help="print every scheduling event to stderr (as YIELDIO_TRACE=1 does)")
     serve_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="(default: %(default)s)")
     serve_parser.set_defaults(func=serve_command)
+    add_connect_parser(commands)
     return parser
 
 

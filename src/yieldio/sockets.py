@@ -151,7 +151,7 @@ class Socket:
         yield self._writable
         error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
-            raise OSError(error, f"connect to {address}: {os.strerror(error)}")
+            raise OSError(error, os.strerror(error))
 
     def shutdown_write(self) -> None:
         """Half-close: the peer reads EOF, and we can still read what it sends."""
@@ -231,4 +231,7 @@ def open_connection(host: str, port: int) -> Waits[Socket]:
         except OSError as error:
             sock.close()
             last_error = error
+        except BaseException:  # cancelled or timed out: don't leave the socket to the garbage collector
+            sock.close()
+            raise
     raise last_error or OSError(errno.EHOSTUNREACH, f"no address for {host}:{port}")
