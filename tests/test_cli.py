@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import ROOT, python_env, raise_nofile, recv_all, start_server, wait_for_port, free_port
+from .conftest import ROOT, free_port, python_env, raise_nofile, recv_all, wait_for_port
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -103,7 +103,7 @@ def test_trace_of_two_clients_shows_events_in_a_valid_order() -> None:
         a_port, b_port = a.getsockname()[1], b.getsockname()[1]
         a.close()
         b.close()
-        trace = _read_until(proc, f"finish    #".encode()) + _read_until(proc, b"connection closed 127.0.0.1:%d" % b_port)
+        trace = _read_until(proc, "finish    #".encode()) + _read_until(proc, b"connection closed 127.0.0.1:%d" % b_port)
         trace += _read_until(proc, b"connection closed 127.0.0.1:%d" % a_port) if b"closed 127.0.0.1:%d" % a_port not in trace else b""
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -77,7 +77,7 @@ class LineFramer:
     def feed(self, data: bytes) -> bytes:
         buffer = self._partial
         buffer += data
-        replies = []
+        replies: list[bytes | bytearray] = []
         start = 0
         end = len(buffer)
         prefix = self.prefix

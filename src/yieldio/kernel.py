@@ -57,8 +57,8 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Generator
+from typing import Any, Protocol, cast
 
 from . import traps
 from .traps import Coro
@@ -159,7 +159,7 @@ class Task:
         if not hasattr(coro, "send") or not hasattr(coro, "throw"):
             raise TypeError(f"a task must be a generator or a coroutine, not {coro!r}")
         self.id = next(Task._ids)
-        self.name = name or getattr(coro, "__qualname__", type(coro).__name__)
+        self.name: str = name or str(getattr(coro, "__qualname__", type(coro).__name__))
         self.coro = coro
         self.daemon = daemon
         self.created = time.monotonic()
@@ -178,15 +178,15 @@ class Task:
         self._joiners: list[tuple[Task, bool]] = []  # (task, wants the outcome) waiting for this one
         self._timer: list[Any] | None = None  # its sleep's heap entry
 
-    def join(self) -> Coro:
+    def join(self) -> Any:
         """Wait for the task to end; return its result or raise its exception."""
         return traps.join(self)
 
-    def wait(self) -> Coro:
+    def wait(self) -> Any:
         """Wait for the task to end, raising nothing of its."""
         return traps.wait(self)
 
-    def cancel(self, exc: BaseException | None = None) -> Coro:
+    def cancel(self, exc: BaseException | None = None) -> Any:
         """Cancel the task at its wait point and wait until it has ended."""
         return traps.cancel(self, exc)
 
@@ -323,8 +323,8 @@ class Kernel:
         if running_kernel() is not None:
             raise RuntimeError("a yieldio kernel is already running in this thread")
         if main is not None and not hasattr(main, "send"):
-            main = main()  # a coroutine function or generator function
-        main_task = self.spawn(main, name=getattr(main, "__name__", None)) if main is not None else None
+            main = main()  # type: ignore[operator]  # a coroutine function or generator function
+        main_task = self.spawn(cast(Coro, main), name=getattr(main, "__name__", None)) if main is not None else None
         if main_task is not None:
             main_task.watched = True
         _this_thread.kernel = self
@@ -402,7 +402,7 @@ class Kernel:
                 except StopIteration as stop:
                     self._finish(task, stop.value, None)
                     continue
-                except BaseException as error:  # noqa: BLE001 - a task's failure ends the task
+                except BaseException as error:
                     self._finish(task, None, error)
                     if isinstance(error, (SystemExit, KeyboardInterrupt)):
                         raise
@@ -429,7 +429,7 @@ class Kernel:
                     elif traps_[op](task, arg):
                         ready.appendleft(task)  # the trap answered at once: resume it next
                         n += 1
-                except Exception as error:  # noqa: BLE001 - a bad trap is the task's error, not the kernel's
+                except Exception as error:
                     self._reject(task, trap, error)
                     n += 1
                 if instruments:
@@ -454,7 +454,7 @@ class Kernel:
 
     def _fileno(self, fileobj: Any) -> int:
         """The descriptor of an object named in a classic trap, noticing when its number was reused."""
-        fd = fileobj.fileno()
+        fd: int = fileobj.fileno()
         if fd < 0:
             raise OSError(9, f"{fileobj!r} is closed")
         if self._owners.get(fd) is not fileobj:
@@ -650,7 +650,7 @@ class Kernel:
 
         return restore
 
-    def _watch_signals(self, wake: socket.socket) -> Iterator[Any]:
+    def _watch_signals(self, wake: socket.socket) -> Generator[Any, Any, None]:
         while True:
             yield ("recv", wake.fileno())
             try:
@@ -698,7 +698,7 @@ class Kernel:
             self._unpark(task)
             try:
                 task.coro.close()
-            except BaseException as error:  # noqa: BLE001 - a coroutine that won't close is logged, then dropped
+            except BaseException as error:
                 log.error("task %r did not close cleanly", task.name, exc_info=error)
             self._finish(task, None, Cancelled())
         self._ready.clear()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Awaitable, Generator
-from typing import Any
+from typing import Any, cast
 
 from . import traps
 from .kernel import Cancelled, Kernel, Task, TaskTimeout, _Expired, current_kernel
@@ -148,6 +148,6 @@ class TaskGroup:
             raise outside
         if self._errors:
             if all(isinstance(e, Exception) for e in self._errors):
-                raise ExceptionGroup("a TaskGroup's task failed", self._errors)
+                raise ExceptionGroup("a TaskGroup's task failed", cast(list[Exception], self._errors))
             raise BaseExceptionGroup("a TaskGroup's task failed", self._errors)
         return isinstance(error, _GroupFailed)

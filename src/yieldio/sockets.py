@@ -24,7 +24,7 @@ import socket
 import threading
 import types
 from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import kernel as _kernel
 
@@ -184,7 +184,7 @@ def run_in_thread(function: Callable[..., T], *args: Any) -> Waits[T]:
     def work() -> None:
         try:
             outcome.append((True, function(*args)))
-        except BaseException as error:  # noqa: BLE001 - handed back to the waiting task
+        except BaseException as error:
             outcome.append((False, error))
         try:
             done_write.send(b"!")
@@ -202,7 +202,7 @@ def run_in_thread(function: Callable[..., T], *args: Any) -> Waits[T]:
     ok, value = outcome[0]
     if not ok:
         raise value
-    return value
+    return cast(T, value)
 
 
 def _is_numeric(host: str) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 if TYPE_CHECKING:
     from .kernel import Task
@@ -47,13 +47,15 @@ def sleep(seconds: float) -> Generator[Any, Any, None]:
 @types.coroutine
 def spawn(coro: Coro, *, name: str | None = None, daemon: bool = False) -> Generator[Any, Any, Task]:
     """Start ``coro`` (a coroutine or generator) as a new task; the caller keeps running."""
-    return (yield ("spawn", (coro, name, daemon)))
+    task: Task = yield ("spawn", (coro, name, daemon))
+    return task
 
 
 @types.coroutine
 def current_task() -> Generator[Any, Any, Task]:
     """The task that is running this code."""
-    return (yield ("current", None))
+    task: Task = yield ("current", None)
+    return task
 
 
 @types.coroutine
@@ -74,7 +76,8 @@ def cancel(task: Task, exc: BaseException | None = None) -> Generator[Any, Any, 
 
     Returns True if the task was still running, False if it had already ended.
     """
-    return (yield ("cancel", (task, exc)))
+    was_running: bool = yield ("cancel", (task, exc))
+    return was_running
 
 
 @types.coroutine
@@ -87,5 +90,5 @@ def park(waiters: list[Task]) -> Generator[Any, Any, Any]:
 def run_awaitable(awaitable: Awaitable[Any] | Coro) -> Generator[Any, Any, Any]:
     """Drive an awaitable or a generator from either style of task."""
     if isinstance(awaitable, Generator | Coroutine):
-        return (yield from awaitable)
+        return (yield from cast(Generator[Any, Any, Any], awaitable))
     return (yield from awaitable.__await__())
