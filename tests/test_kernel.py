@@ -161,7 +161,7 @@ def test_cancelled_is_not_caught_by_except_exception() -> None:
     async def stubborn() -> str:
         try:
             await sleep(100)
-        except Exception:  # noqa: BLE001 - what the test is about
+        except Exception:
             return "swallowed"
         return "not reached"
 

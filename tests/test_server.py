@@ -33,7 +33,7 @@ class ServerThread:
         def target() -> None:
             try:
                 yieldio.run(main)
-            except BaseException as error:  # noqa: BLE001 - reported by close()
+            except BaseException as error:
                 self.failure = error
 
         self.thread = threading.Thread(target=target, daemon=True)

@@ -323,7 +323,7 @@ class Kernel:
         if running_kernel() is not None:
             raise RuntimeError("a yieldio kernel is already running in this thread")
         if main is not None and not hasattr(main, "send"):
-            main = main()  # type: ignore[operator]  # a coroutine function or generator function
+            main = main()  # a coroutine function or generator function
         main_task = self.spawn(cast(Coro, main), name=getattr(main, "__name__", None)) if main is not None else None
         if main_task is not None:
             main_task.watched = True
