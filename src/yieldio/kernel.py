@@ -298,23 +298,19 @@ class Kernel:
             return "finished" if task.exception is None else f"crashed ({type(task.exception).__name__})"
         if task is self.current:
             return "running"
-        trap = task.trap
-        if trap is not None:
-            op, arg = trap
-            if op in ("recv", "send"):
-                waiting = self._readers if op == "recv" else self._writers
-                fd = arg if type(arg) is int else next((f for f, t in waiting.items() if t is task), None)
-                if fd is not None and waiting.get(fd) is task:
-                    return f"waiting to {'read' if op == 'recv' else 'write'} fd {fd}"
-            elif op == "sleep" and task._timer is not None:
-                return f"sleeping ({task._timer[0] - time.monotonic():.3f}s left)"
-            elif op in ("join", "wait", "cancel"):
-                target = arg[0] if op == "cancel" else arg
-                if any(waiter is task for waiter, _ in target._joiners):
-                    return f"waiting for task {target.id}"
-            elif op == "park" and any(waiter is task for waiter in arg):
-                return "parked"
-        return "ready"
+        where = self._where(task)
+        if where is None:
+            return "ready"
+        kind, place = where
+        if kind == "recv":
+            return f"waiting to read fd {place}"
+        if kind == "send":
+            return f"waiting to write fd {place}"
+        if kind == "sleep":
+            return f"sleeping ({place[0] - time.monotonic():.3f}s left)"
+        if kind == "task":
+            return f"waiting for task {place.id}"
+        return "parked"
 
     # -- running ------------------------------------------------------------
 
@@ -505,38 +501,44 @@ class Kernel:
             if callback is not None:
                 callback(arg)
 
-    def _unpark(self, task: Task) -> bool:
-        """Take a parked task out of whatever it waits on; False if it was not parked."""
+    def _where(self, task: Task) -> tuple[str, Any] | None:
+        """Where a task is parked: ('recv' or 'send', fd), ('sleep', timer), ('task', target),
+        ('park', waiters); None if it is not parked (it is ready, running or done)."""
         trap = task.trap
         if trap is None:
-            return False
+            return None
         op, arg = trap
         if op == "recv" or op == "send":
             waiting = self._readers if op == "recv" else self._writers
-            for fd, waiter in ([(arg, waiting.get(arg))] if type(arg) is int else list(waiting.items())):
-                if waiter is task:
-                    del waiting[fd]
-                    return True
-            return False
+            fd = arg if type(arg) is int else next((f for f, t in waiting.items() if t is task), None)
+            return (op, fd) if fd is not None and waiting.get(fd) is task else None
         if op == "sleep":
-            entry, task._timer = task._timer, None
-            if entry is not None:
-                entry[2] = None
-                return True
-            return False
+            return None if task._timer is None else ("sleep", task._timer)
         if op in ("join", "wait", "cancel"):
             target = arg[0] if op == "cancel" else arg
-            for i, (waiter, _) in enumerate(target._joiners):
-                if waiter is task:
-                    del target._joiners[i]
-                    return True
-            return False
+            return ("task", target) if any(waiter is task for waiter, _ in target._joiners) else None
         if op == "park":
-            for i, waiter in enumerate(arg):
-                if waiter is task:
-                    del arg[i]
-                    return True
-        return False
+            return ("park", arg) if any(waiter is task for waiter in arg) else None
+        return None
+
+    def _unpark(self, task: Task) -> bool:
+        """Take a parked task out of whatever it waits on; False if it was not parked."""
+        where = self._where(task)
+        if where is None:
+            return False
+        kind, place = where
+        if kind == "recv":
+            del self._readers[place]
+        elif kind == "send":
+            del self._writers[place]
+        elif kind == "sleep":
+            place[2] = None
+            task._timer = None
+        elif kind == "task":
+            place._joiners = [joiner for joiner in place._joiners if joiner[0] is not task]
+        else:
+            place.remove(task)
+        return True
 
     def _finish(self, task: Task, result: Any, error: BaseException | None) -> None:
         task.done = True
