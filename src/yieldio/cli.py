@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import sys
 from collections.abc import Sequence
@@ -98,7 +99,7 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"yieldio: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     _raise_descriptor_limit()
-    prefix = args.prefix.encode()
+    prefix = os.fsencode(args.prefix)  # the bytes given, even those that are not UTF-8
     handler = make_echo_handler(prefix, args.framing, args.max_line)
     address = listener.getsockname()
     log.info("listening on %s (echo, framing=%s, prefix=%r)", _peer_name(address), args.framing, prefix)

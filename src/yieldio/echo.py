@@ -169,7 +169,8 @@ def _drain(client: Socket, framer: Framer, unsent: Any) -> Generator[Any, Any, N
     receive buffer, and the partial line; then a half-close, so the client
     reads EOF after the last reply; then read and discard until the client
     closes too, because closing a socket with unread input would reset the
-    connection and throw away replies still in flight.
+    connection and throw away replies still in flight. A connection that is
+    owed nothing is closed at once.
     """
     replies = [bytes(unsent)]
     sock = client.socket
@@ -180,16 +181,18 @@ def _drain(client: Socket, framer: Framer, unsent: Any) -> Generator[Any, Any, N
     except (BlockingIOError, ConnectionError):
         pass
     replies.append(framer.close())
+    reply = b"".join(replies)
+    if not reply:
+        return  # nothing owed: close at once
     try:
-        yield from timeout_after(DRAIN_SECONDS, _flush_and_linger(client, b"".join(replies)))
+        yield from timeout_after(DRAIN_SECONDS, _flush_and_linger(client, reply))
     except (TaskTimeout, OSError):
         pass
 
 
 @types.coroutine
 def _flush_and_linger(client: Socket, reply: bytes) -> Generator[Any, Any, None]:
-    if reply:
-        yield from client.sendall(reply)
+    yield from client.sendall(reply)
     client.shutdown_write()
     while (yield from client.recv(RECV_SIZE)):
         pass

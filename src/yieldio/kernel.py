@@ -248,7 +248,7 @@ class Kernel:
 
     @staticmethod
     def cancel_timer(entry: list[Any]) -> None:
-        entry[2] = None
+        entry[2] = entry[3] = None  # the heap drops the entry when it comes due; let go of its argument now
 
     def cancel_nowait(self, task: Task, exc: BaseException | None = None) -> bool:
         """Arrange for ``exc`` to be thrown into ``task`` at its wait point; don't wait for it."""
@@ -688,7 +688,8 @@ class Kernel:
     def _stop_all(self) -> None:
         """After the main task: cancel what is left, let it clean up, then close the daemons."""
         if self._live:
-            self.shutdown()
+            if not self.stopping:  # after a signal they were cancelled already: don't cut their cleanup short
+                self.shutdown()
             self._loop(None)
         self._close_all()
 

@@ -13,7 +13,7 @@ adds is here, around that loop, never inside a connection's per-message path:
 - ``max_clients`` stops accepting while that many connections are open (new
   clients wait in the listen backlog), ``idle_timeout`` closes a connection
   whose peer has sent nothing for that long, measured from the byte counter
-  the socket keeps anyway (no per-message timer).
+  the socket keeps anyway (no per-message timer, no timer per connection).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 import types
 from collections.abc import Callable, Generator
 from typing import Any
@@ -76,7 +77,13 @@ def _peer_name(address: Any) -> str:
 
 
 class _Connections:
-    """The open connections of one server, and the accept loop's wait for a free slot."""
+    """The open connections of one server, and the accept loop's wait for a free slot.
+
+    Idle connections are found by one sweep every quarter of ``idle_timeout``
+    (not a timer per connection, which would keep every closed connection in
+    memory until its timer came due): a connection whose byte counter has not
+    moved since ``idle_timeout`` ago is cancelled.
+    """
 
     def __init__(self, kernel: Kernel, handler: Handler, max_clients: int | None, idle_timeout: float | None):
         self.kernel = kernel
@@ -86,6 +93,10 @@ class _Connections:
         self.idle_timeout = idle_timeout
         self.open = 0
         self.slot_waiters: list[Task] = []
+        self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
+        self.sweeper: list[Any] | None = None
+        if idle_timeout:
+            self.sweeper = kernel.call_later(idle_timeout / 4, self.sweep)
 
     def start(self, client: Socket, address: Any) -> None:
         # The handler's own generator or coroutine is the task (no wrapper
@@ -104,11 +115,12 @@ class _Connections:
         self.open += 1
         log.info("connection from %s", peer)
         if self.idle_timeout:
-            self.kernel.call_later(self.idle_timeout, self.check_idle, (task, client.bytes_in))
+            self.activity[task] = (client.bytes_in, time.monotonic())
 
     def _child_done(self, task: Task) -> None:
         task.connection.close()
         self.open -= 1
+        self.activity.pop(task, None)
         if self.slot_waiters:
             self.kernel.wake_all(self.slot_waiters)
         error = task.exception
@@ -116,16 +128,22 @@ class _Connections:
             log.error("connection %s: %r failed", _peer_name(task.peer), task.name, exc_info=error)
         log.info("connection closed %s", _peer_name(task.peer))
 
-    def check_idle(self, arg: tuple[Task, int]) -> None:
-        task, seen = arg
-        client = task.connection
-        if task.done:
-            return
-        if client.bytes_in == seen:
-            log.info("closing %s: idle for %ss", _peer_name(task.peer), self.idle_timeout)
-            self.kernel.cancel_nowait(task)
-        else:
-            self.kernel.call_later(self.idle_timeout or 0, self.check_idle, (task, client.bytes_in))
+    def sweep(self, _: Any = None) -> None:
+        assert self.idle_timeout
+        now = time.monotonic()
+        for task, (seen, since) in list(self.activity.items()):
+            received = task.connection.bytes_in
+            if received != seen:
+                self.activity[task] = (received, now)
+            elif now - since >= self.idle_timeout:
+                log.info("closing %s: idle for %ss", _peer_name(task.peer), self.idle_timeout)
+                del self.activity[task]
+                self.kernel.cancel_nowait(task)
+        self.sweeper = self.kernel.call_later(self.idle_timeout / 4, self.sweep)
+
+    def stop(self) -> None:
+        if self.sweeper is not None:
+            Kernel.cancel_timer(self.sweeper)
 
 
 @types.coroutine
@@ -138,6 +156,14 @@ def serve(
 ) -> Generator[Any, Any, None]:
     """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``."""
     connections = _Connections(current_kernel(), handler, max_clients, idle_timeout)
+    try:
+        yield from _accept_forever(listener, connections)
+    finally:
+        connections.stop()
+
+
+def _accept_forever(listener: Socket, connections: _Connections) -> Generator[Any, Any, None]:
+    max_clients = connections.max_clients
     pause = 0.0
     while True:
         if max_clients is not None and connections.open >= max_clients:
