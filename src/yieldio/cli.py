@@ -11,11 +11,11 @@ import logging
 import os
 import resource
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .client import add_connect_parser
+from .client import connect_command
 from .echo import DEFAULT_MAX_LINE, make_echo_handler
 from .instrument import Tracer
 from .kernel import Kernel
@@ -33,34 +33,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port must be a number, not {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, not {port}")
-    return port
+def _bounded(convert: Callable[[str], Any], what: str, low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` the text, and refuse values outside [low, high] in one line."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}, not {text}")
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {low}, not {text}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, not {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text}")
-    return value
+_listen_port = _bounded(int, "port", 0, 65535)
+_connect_port = _bounded(int, "port", 1, 65535)
+_count = _bounded(int, "the number", 1)
+_seconds = _bounded(float, "the number of seconds", 0.001)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,18 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the echo server: every message received is answered with PREFIX + message.",
     )
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on; '' or 0.0.0.0 for all IPv4, :: for all IPv6 (default: %(default)s)")
-    serve_parser.add_argument("--port", type=_port, default=25000, help="TCP port; 0 picks a free one (default: %(default)s)")
+    serve_parser.add_argument("--port", type=_listen_port, default=25000, help="TCP port; 0 picks a free one (default: %(default)s)")
     serve_parser.add_argument("--prefix", default="GOT:", help="bytes put before each reply; '' gives a plain RFC 862 echo (default: %(default)s)")
     serve_parser.add_argument("--framing", choices=("chunk", "line"), default="chunk", help="answer each chunk received, or each line (default: %(default)s)")
-    serve_parser.add_argument("--max-line", type=_positive_int, default=DEFAULT_MAX_LINE, metavar="BYTES", help="with --framing line, answer longer lines in pieces of this size (default: %(default)s)")
-    serve_parser.add_argument("--max-clients", type=_positive_int, default=None, metavar="N", help="stop accepting while N connections are open (default: no limit)")
+    serve_parser.add_argument("--max-line", type=_count, default=DEFAULT_MAX_LINE, metavar="BYTES", help="with --framing line, answer longer lines in pieces of this size (default: %(default)s)")
+    serve_parser.add_argument("--max-clients", type=_count, default=None, metavar="N", help="stop accepting while N connections are open (default: no limit)")
     serve_parser.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS", help="close a connection that has sent nothing for this long (default: never; 300 is sensible on the open internet)")
-    serve_parser.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="run N processes sharing the port with SO_REUSEPORT (Linux); the parent restarts any that dies (default: %(default)s)")
-    serve_parser.add_argument("--backlog", type=_positive_int, default=1024, metavar="N", help="listen backlog (default: %(default)s)")
+    serve_parser.add_argument("--workers", type=_count, default=1, metavar="N", help="run N processes sharing the port with SO_REUSEPORT (Linux); the parent restarts any that dies (default: %(default)s)")
+    serve_parser.add_argument("--backlog", type=_count, default=1024, metavar="N", help="listen backlog (default: %(default)s)")
     serve_parser.add_argument("--trace", action="store_true", help="print every scheduling event to stderr (as YIELDIO_TRACE=1 does)")
     serve_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="(default: %(default)s)")
     serve_parser.set_defaults(func=serve_command)
-    add_connect_parser(commands)
+
+    connect_parser = commands.add_parser(
+        "connect",
+        help="talk to a server: lines typed go out, replies are printed",
+        description=(
+            "Connect to HOST:PORT; send what is typed (or piped in) and print what the server sends. "
+            "At the end of input (Ctrl-D) the connection is half-closed and the replies still on their way "
+            "are printed before exiting. Exit status: 0 when the server closed the connection, 1 when it "
+            "could not be made or broke, 130 on Ctrl-C."
+        ),
+    )
+    connect_parser.add_argument("host", metavar="HOST", help="name or address of the server")
+    connect_parser.add_argument("port", metavar="PORT", type=_connect_port, help="its TCP port")
+    connect_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning", help="(default: %(default)s)")
+    connect_parser.set_defaults(func=connect_command)
     return parser
 
 

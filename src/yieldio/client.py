@@ -52,7 +52,6 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
 
 from .kernel import Kernel, Task
 from .scopes import TaskGroup
@@ -71,16 +70,6 @@ Outcome = tuple[int, str | None]  # exit status, and the line for stderr, if any
 
 class _Failure(Exception):
     """Ends the session with exit status 1 and this message on stderr."""
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port must be a number, not {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, not {port}")
-    return port
 
 
 def _reason(error: BaseException) -> str:
@@ -222,23 +211,3 @@ def connect_command(args: argparse.Namespace) -> int:
     if message:
         print(f"yieldio: {message}", file=sys.stderr)
     return status
-
-
-def add_connect_parser(commands: argparse._SubParsersAction[Any]) -> None:
-    """Add ``connect`` to the subcommands of ``yieldio`` (the object ``add_subparsers`` returned)."""
-    parser = commands.add_parser(
-        "connect",
-        help="talk to a server: lines typed go out, replies are printed",
-        description=(
-            "Connect to HOST:PORT; send what is typed (or piped in) and print what the server sends. "
-            "At the end of input (Ctrl-D) the connection is half-closed and the replies still on their way "
-            "are printed before exiting. Exit status: 0 when the server closed the connection, 1 when it "
-            "could not be made or broke, 130 on Ctrl-C."
-        ),
-    )
-    parser.add_argument("host", metavar="HOST", help="name or address of the server")
-    parser.add_argument("port", metavar="PORT", type=_port, help="its TCP port")
-    parser.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default="warning", help="(default: %(default)s)"
-    )
-    parser.set_defaults(func=connect_command)
