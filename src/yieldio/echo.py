@@ -27,6 +27,7 @@ within a time limit, before the connection closes.
 
 from __future__ import annotations
 
+import threading
 import types
 from collections.abc import Callable, Generator
 from typing import Any, Literal, Protocol
@@ -113,6 +114,26 @@ def make_framer(framing: Framing = "chunk", prefix: bytes = DEFAULT_PREFIX, max_
     raise ValueError(f"unknown framing {framing!r} (use 'chunk' or 'line')")
 
 
+class _Scratch(threading.local):
+    buffers: dict[bytes, memoryview]
+
+
+_scratch = _Scratch()
+
+
+def _scratch_buffer(prefix: bytes) -> memoryview:
+    """A receive buffer that starts with ``prefix``, shared by this thread's connections.
+
+    Sharing is safe because a connection never yields while the buffer holds
+    bytes it still has to send (it copies them out first), and it spares
+    each connection a 64 KiB allocation per read.
+    """
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    if prefix not in buffers:
+        buffers[prefix] = memoryview(bytearray(prefix) + bytearray(RECV_SIZE))
+    return buffers[prefix]
+
+
 @types.coroutine
 def echo_handler(
     client: Socket,
@@ -125,32 +146,47 @@ def echo_handler(
     """Echo everything ``client`` sends, framed, until it closes its side."""
     framer = make_framer(framing, prefix, max_line)
     feed = None if framing == "chunk" else framer.feed  # chunk framing is inlined below
+    head = len(prefix) if feed is None else 0
+    whole = _scratch_buffer(prefix if feed is None else b"")
+    into = whole[head:]
     sock = client.socket
-    recv = sock.recv
+    recv_into = sock.recv_into
     send = sock.send
     readable = client._readable
     writable = client._writable
-    unsent: Any = b""  # the part of the current reply not yet sent
+    unsent: Any = b""  # the part of the current reply not yet sent (our own copy)
     try:
         # The per-message loop: wait, read, answer. Dense on purpose; see the module doc.
+        # Chunk framing reads right behind the prefix in the buffer and sends both
+        # in one call: no allocation, no copy.
         while True:
             yield readable
             try:
-                data = recv(RECV_SIZE)
+                received = recv_into(into)
             except BlockingIOError:
                 continue
-            if not data:
+            if not received:
                 break
-            client.bytes_in += len(data)
-            unsent = (prefix + data) if feed is None else feed(data)
+            client.bytes_in += received
+            reply = whole[: head + received] if feed is None else feed(into[:received])
+            if not reply:
+                continue
+            try:
+                sent = send(reply)
+            except BlockingIOError:
+                sent = 0
+            client.bytes_out += sent
+            if sent == len(reply):
+                continue
+            unsent = memoryview(bytes(reply[sent:]))  # the buffer is shared: keep the rest before waiting
             while unsent:
+                yield writable
                 try:
                     sent = send(unsent)
                 except BlockingIOError:
-                    yield writable
                     continue
                 client.bytes_out += sent
-                unsent = memoryview(unsent)[sent:] if sent < len(unsent) else b""
+                unsent = unsent[sent:]
         unsent = framer.close()
         if unsent:
             yield from client.sendall(unsent)

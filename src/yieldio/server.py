@@ -92,6 +92,7 @@ class _Connections:
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
         self.open = 0
+        self.nodelay = False
         self.slot_waiters: list[Task] = []
         self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
         self.sweeper: list[Any] | None = None
@@ -153,9 +154,15 @@ def serve(
     *,
     max_clients: int | None = None,
     idle_timeout: float | None = None,
+    nodelay: bool = True,
 ) -> Generator[Any, Any, None]:
-    """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``."""
+    """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``.
+
+    ``nodelay`` turns off Nagle's algorithm on each TCP connection, as asyncio does: a reply
+    goes out at once instead of waiting for the peer's (possibly delayed) acknowledgement.
+    """
     connections = _Connections(current_kernel(), handler, max_clients, idle_timeout)
+    connections.nodelay = nodelay and listener.family in (socket.AF_INET, socket.AF_INET6)
     try:
         yield from _accept_forever(listener, connections)
     finally:
@@ -190,6 +197,8 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
             if pause:
                 log.info("accepting again")
                 pause = 0.0
+            if connections.nodelay:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connections.start(Socket(client), address)
             if max_clients is not None and connections.open >= max_clients:
                 break
@@ -206,9 +215,10 @@ def tcp_server(
     reuse_port: bool = False,
     max_clients: int | None = None,
     idle_timeout: float | None = None,
+    nodelay: bool = True,
 ) -> Generator[Any, Any, None]:
     """Listen on ``address`` and serve each connection with ``handler(client, address)``."""
     listener = tcp_listen(address, backlog=backlog, reuse_port=reuse_port)
     log.info("listening on %s", _peer_name(listener.getsockname()))
     with listener:
-        yield from serve(listener, handler, max_clients=max_clients, idle_timeout=idle_timeout)
+        yield from serve(listener, handler, max_clients=max_clients, idle_timeout=idle_timeout, nodelay=nodelay)
