@@ -38,13 +38,14 @@ from .sockets import Socket
 
 DEFAULT_PREFIX = b"GOT:"
 DEFAULT_MAX_LINE = 64 * 1024
-RECV_SIZE = 65536
+RECV_SIZE = 256 * 1024  # one shared buffer per thread, so a large read costs no allocation
 DRAIN_SECONDS = 3.0  # how long a cancelled connection may take to flush what it had received
 Framing = Literal["chunk", "line"]
+Bytes = bytes | bytearray | memoryview
 
 
 class Framer(Protocol):
-    def feed(self, data: bytes) -> bytes: ...
+    def feed(self, data: Bytes) -> bytes: ...
     def close(self) -> bytes: ...
 
 
@@ -56,7 +57,7 @@ class ChunkFramer:
     def __init__(self, prefix: bytes = DEFAULT_PREFIX) -> None:
         self.prefix = prefix
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Bytes) -> bytes:
         return self.prefix + data if data else b""
 
     def close(self) -> bytes:
@@ -75,7 +76,7 @@ class LineFramer:
         self.max_line = max_line
         self._partial = bytearray()
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Bytes) -> bytes:
         buffer = self._partial
         buffer += data
         replies: list[bytes | bytearray] = []
@@ -115,22 +116,24 @@ def make_framer(framing: Framing = "chunk", prefix: bytes = DEFAULT_PREFIX, max_
 
 
 class _Scratch(threading.local):
-    buffers: dict[bytes, memoryview]
+    buffers: dict[bytes, tuple[memoryview, memoryview]]
 
 
 _scratch = _Scratch()
 
 
-def _scratch_buffer(prefix: bytes) -> memoryview:
-    """A receive buffer that starts with ``prefix``, shared by this thread's connections.
+def _scratch_buffer(prefix: bytes) -> tuple[memoryview, memoryview]:
+    """A receive buffer that starts with ``prefix``, shared by this thread's connections:
+    (all of it, the part after the prefix).
 
     Sharing is safe because a connection never yields while the buffer holds
     bytes it still has to send (it copies them out first), and it spares
     each connection a 64 KiB allocation per read.
     """
-    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buffers: dict[bytes, tuple[memoryview, memoryview]] = _scratch.__dict__.setdefault("buffers", {})
     if prefix not in buffers:
-        buffers[prefix] = memoryview(bytearray(prefix) + bytearray(RECV_SIZE))
+        whole = memoryview(bytearray(prefix) + bytearray(RECV_SIZE))
+        buffers[prefix] = (whole, whole[len(prefix) :])
     return buffers[prefix]
 
 
@@ -144,11 +147,12 @@ def echo_handler(
     max_line: int = DEFAULT_MAX_LINE,
 ) -> Generator[Any, Any, None]:
     """Echo everything ``client`` sends, framed, until it closes its side."""
-    framer = make_framer(framing, prefix, max_line)
-    feed = None if framing == "chunk" else framer.feed  # chunk framing is inlined below
+    # Chunk framing is inlined below; its framer is made only if a drain needs it
+    # (an idle connection holds as little memory as possible).
+    framer = None if framing == "chunk" else make_framer(framing, prefix, max_line)
+    feed = None if framer is None else framer.feed
     head = len(prefix) if feed is None else 0
-    whole = _scratch_buffer(prefix if feed is None else b"")
-    into = whole[head:]
+    whole, into = _scratch_buffer(prefix if feed is None else b"")
     sock = client.socket
     recv_into = sock.recv_into
     send = sock.send
@@ -187,13 +191,13 @@ def echo_handler(
                     continue
                 client.bytes_out += sent
                 unsent = unsent[sent:]
-        unsent = framer.close()
+        unsent = b"" if framer is None else framer.close()
         if unsent:
             yield from client.sendall(unsent)
     except ConnectionError:
         pass  # the peer reset or vanished: nobody is left to answer
     except Cancelled:
-        yield from _drain(client, framer, unsent)
+        yield from _drain(client, framer or ChunkFramer(prefix), unsent)
         raise
 
 

@@ -175,8 +175,14 @@ class Task:
         self._throw = coro.throw
         self._next: Any = None  # the value to send at its next resumption
         self._exc: BaseException | None = None  # ... or the exception to throw
-        self._joiners: list[tuple[Task, bool]] = []  # (task, wants the outcome) waiting for this one
+        # (task, wants the outcome) waiting for this one; a list only once someone waits (memory per task)
+        self._joiners: list[tuple[Task, bool]] | tuple[()] = ()
         self._timer: list[Any] | None = None  # its sleep's heap entry
+
+    def _add_joiner(self, task: Task, wants_outcome: bool) -> None:
+        if not self._joiners:
+            self._joiners = []
+        self._joiners.append((task, wants_outcome))
 
     def join(self) -> Any:
         """Wait for the task to end; return its result or raise its exception."""
@@ -565,7 +571,7 @@ class Kernel:
             else:
                 waiter._next = result if wants_outcome else True
             self._ready.append(waiter)
-        joiners.clear()
+        task._joiners = ()
         if task.supervisor is not None:
             task.supervisor._child_done(task)
 
@@ -604,14 +610,14 @@ class Kernel:
             else:
                 task._next = target.result
             return True
-        target._joiners.append((task, True))
+        target._add_joiner(task, True)
         return False
 
     def _trap_wait(self, task: Task, target: Task) -> bool:
         if target.done:
             task._next = True
             return True
-        target._joiners.append((task, False))
+        target._add_joiner(task, False)
         return False
 
     def _trap_cancel(self, task: Task, arg: tuple[Task, BaseException | None]) -> bool:
@@ -622,7 +628,7 @@ class Kernel:
             task._next = False
             return True
         self.cancel_nowait(target, exc)
-        target._joiners.append((task, False))
+        target._add_joiner(task, False)
         return False
 
     def _trap_park(self, task: Task, waiters: list[Task]) -> bool:
