@@ -596,6 +596,11 @@ def ratios(rows: list[dict[str, Any]], subject: str = "yieldio") -> dict[str, di
 # ----------------------------------------------------------------- output
 
 
+def _row(cells: list[str]) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def _fmt(x: Any, digits: int = 0) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -639,8 +644,7 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
         if r.get("note"):
             notes.append(r["note"].replace("|", "/")[:120])
         out.append(
-            "| "
-            + " | ".join(
+            _row(
                 [
                     r["server"],
                     r["scenario"],
@@ -657,7 +661,6 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
                     "; ".join(notes),
                 ]
             )
-            + " |"
         )
     if idle_rows:
         out += [
@@ -675,8 +678,7 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
             if r.get("note"):
                 notes.append(r["note"].replace("|", "/")[:120])
             out.append(
-                "| "
-                + " | ".join(
+                _row(
                     [
                         r["server"],
                         r["scenario"],
@@ -689,7 +691,6 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
                         "; ".join(notes),
                     ]
                 )
-                + " |"
             )
     out += [
         "",
