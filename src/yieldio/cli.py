@@ -24,6 +24,9 @@ from .sockets import Socket
 from .workers import supervise
 
 log = logging.getLogger("yieldio")
+# Where the server listens is said whatever --log-level is: with --port 0 it is the only
+# way to learn the port, and a supervisor or a test waits for this line to know it is ready.
+announce = logging.getLogger("yieldio.announce")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,7 +112,7 @@ def serve_command(args: argparse.Namespace) -> int:
     prefix = os.fsencode(args.prefix)  # the bytes given, even those that are not UTF-8
     handler = make_echo_handler(prefix, args.framing, args.max_line)
     address = listener.getsockname()
-    log.info("listening on %s (echo, framing=%s, prefix=%r)", _peer_name(address), args.framing, prefix)
+    announce.info("listening on %s (echo, framing=%s, prefix=%r)", _peer_name(address), args.framing, prefix)
 
     def serve_here(listener: Socket) -> int:
         async def accept_loop() -> None:
@@ -151,5 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    announce.setLevel(logging.INFO)
     result: Any = args.func(args)
     return int(result)
