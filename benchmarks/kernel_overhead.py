@@ -58,8 +58,8 @@ class _FakeClient:
 
 
 def measure(rounds: int) -> float:
-    from yieldio.echo import echo_handler
-    from yieldio.kernel import Kernel
+    from yieldio.apps.echo import echo_handler
+    from yieldio.core.kernel import Kernel
 
     fds = list(range(100, 100 + CONNECTIONS))
     kernel = Kernel(poller=_EveryoneReadable(fds, rounds))

@@ -104,6 +104,14 @@ def _yieldio(level: str) -> Callable[[str, int], list[str]]:
     return argv
 
 
+def _yieldio_ref(host: str, port: int) -> list[str]:
+    """yieldio from another checkout's src/ (YIELDIO_REF_SRC), for before/after runs side by side."""
+    src = os.environ.get("YIELDIO_REF_SRC")
+    if not src:
+        raise SystemExit("yieldio-ref: set YIELDIO_REF_SRC to the src/ directory of the version to compare")
+    return ["env", f"PYTHONPATH={src}", *_yieldio("warning")(host, port)]
+
+
 def _c_epoll(host: str, port: int) -> list[str]:
     return [str(BUILD_DIR / "c_epoll"), "--host", host, "--port", str(port)]
 
@@ -115,6 +123,12 @@ SERVERS: list[Server] = [
         _yieldio("info"),
         default=False,
         description="same with --log-level info (per-connection log lines)",
+    ),
+    Server(
+        "yieldio-ref",
+        _yieldio_ref,
+        default=False,
+        description="yieldio from $YIELDIO_REF_SRC (e.g. a git worktree of an earlier commit), log level warning",
     ),
     Server("tutorial", _py("tutorial.py"), description="python-mastery 8.5 select() scheduler"),
     Server("asyncio-streams", _py("asyncio_echo.py", "--api", "streams")),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import yieldio
 from yieldio import ChunkFramer, LineFramer
-from yieldio.echo import make_framer
+from yieldio.apps.echo import make_framer
 
 from .conftest import recv_all
 

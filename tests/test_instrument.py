@@ -10,7 +10,7 @@ import sys
 
 import yieldio
 from yieldio import Kernel, sleep, spawn
-from yieldio.instrument import Instrument, task_table
+from yieldio.core.instrument import Instrument, task_table
 
 from .conftest import python_env, recv_all
 
@@ -42,7 +42,7 @@ def test_instrument_sees_spawn_resume_wake_finish_in_order() -> None:
     recorder = Recorder()
     kernel = Kernel()
     kernel.add_instrument(recorder)
-    kernel.run(main, handle_signals=False)
+    kernel.run(main)
     napper_events = [e for e in recorder.events if e[1].startswith("napper")]
     assert napper_events == [
         ("spawned", "napper"),

@@ -11,7 +11,7 @@ import pytest
 
 import yieldio
 from yieldio import Cancelled, Kernel, TaskGroup, TaskTimeout, sleep, spawn, tasks, timeout_after
-from yieldio.kernel import SelectorPoller
+from yieldio.core.poller import SelectorPoller
 
 from .conftest import raise_nofile
 
@@ -464,7 +464,7 @@ def test_deadlock_is_reported_not_hung() -> None:
         await yieldio.traps.park([])
 
     with pytest.raises(RuntimeError, match="deadlock"):
-        Kernel().run(main, handle_signals=False)
+        Kernel().run(main)
 
 
 def test_main_ending_cancels_the_tasks_left_behind() -> None:

@@ -14,16 +14,25 @@ The same kernel runs ``async def`` code::
         print(await sock.recv(100))
 
     yieldio.run(main)
+
+Every public name is here, as ``yieldio.<name>``. The package is layered, each
+layer a sub-package that imports only from the layers before it:
+
+- :mod:`yieldio.core`: the scheduler (kernel, poller, traps, scopes, instrument, runner);
+- :mod:`yieldio.io`: sockets;
+- :mod:`yieldio.servers`: accept loops;
+- :mod:`yieldio.apps`: the echo server, the ``connect`` client, the command line.
 """
 
-__version__ = "0.1.0"
-
-from .echo import ChunkFramer, LineFramer, echo_handler, make_echo_handler
-from .kernel import Cancelled, Kernel, Task, TaskTimeout, current_kernel, run, tasks
-from .scopes import TaskGroup, timeout_after
-from .server import serve, tcp_listen, tcp_server
-from .sockets import Socket, open_connection, run_in_thread
-from .traps import current_task, sleep, spawn, wait_readable, wait_writable
+from .apps.echo import ChunkFramer, LineFramer, echo_handler, make_echo_handler
+from .core import traps
+from .core.kernel import Cancelled, Kernel, Task, current_kernel, running_kernel
+from .core.runner import run, tasks
+from .core.scopes import TaskGroup, TaskTimeout, timeout_after
+from .core.traps import current_task, sleep, spawn, wait_readable, wait_writable
+from .io.sockets import Socket, format_address, open_connection, run_in_thread
+from .servers.tcp import serve, tcp_listen, tcp_server
+from .version import __version__
 
 __all__ = [
     "Cancelled",
@@ -34,13 +43,16 @@ __all__ = [
     "Task",
     "TaskGroup",
     "TaskTimeout",
+    "__version__",
     "current_kernel",
     "current_task",
     "echo_handler",
+    "format_address",
     "make_echo_handler",
     "open_connection",
     "run",
     "run_in_thread",
+    "running_kernel",
     "serve",
     "sleep",
     "spawn",
@@ -48,6 +60,7 @@ __all__ = [
     "tcp_listen",
     "tcp_server",
     "timeout_after",
+    "traps",
     "wait_readable",
     "wait_writable",
 ]

@@ -44,20 +44,17 @@ signal number (130, 143), the shell's convention for "stopped by a signal".
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import logging
 import os
 import socket
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
-from .kernel import Kernel, Task
-from .scopes import TaskGroup
-from .server import _peer_name
-from .sockets import Socket, open_connection
-from .traps import cancel, wait_readable, wait_writable
+from ..core.kernel import Task
+from ..core.scopes import TaskGroup
+from ..core.traps import cancel, wait_readable, wait_writable
+from ..io.sockets import Socket, format_address, open_connection
 
 log = logging.getLogger("yieldio")
 
@@ -157,13 +154,14 @@ class _Session:
             await cancel(sender)
 
 
-async def _connect(host: str, port: int, stdin: int | None) -> Outcome:
-    peer = _peer_name((host, port))
+async def talk(host: str, port: int, stdin: int | None) -> Outcome:
+    """Connect, copy both ways until the server's EOF; (exit status, line for stderr or None)."""
+    peer = format_address((host, port))
     try:
         sock = await open_connection(host, port)
     except (OSError, UnicodeError) as error:
         return 1, f"cannot connect to {peer}: {_reason(error)}"
-    log.info("connected to %s", _peer_name(sock.getpeername()))
+    log.info("connected to %s", format_address(sock.getpeername()))
     session = _Session(sock, peer, stdin)
     failures: tuple[BaseException, ...] = ()
     with sock:
@@ -177,7 +175,7 @@ async def _connect(host: str, port: int, stdin: int | None) -> Outcome:
 
 
 @contextmanager
-def _nonblocking(fd: int) -> Iterator[None]:
+def nonblocking(fd: int) -> Iterator[None]:
     """Make ``fd`` non-blocking for the block, and put the flag back afterwards."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     if flags & os.O_NONBLOCK:
@@ -190,24 +188,10 @@ def _nonblocking(fd: int) -> Iterator[None]:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
 
 
-def _stdin_is_open() -> bool:
+def stdin_is_open() -> bool:
+    """Is descriptor 0 open? (ask before the kernel's epoll can take a free 0)"""
     try:
         os.fstat(STDIN)
     except OSError:
         return False
     return True
-
-
-def connect_command(args: argparse.Namespace) -> int:
-    """``yieldio connect HOST PORT``; returns the exit status."""
-    stdin = STDIN if _stdin_is_open() else None  # asked before the kernel's epoll could take a free 0
-    kernel = Kernel()
-    with _nonblocking(STDIN) if stdin is not None else nullcontext():
-        outcome: Outcome | None = kernel.run(_connect(args.host, args.port, stdin))
-    if outcome is None:  # the kernel cancelled the session on SIGINT or SIGTERM
-        assert kernel.signalled is not None
-        return 128 + kernel.signalled
-    status, message = outcome
-    if message:
-        print(f"yieldio: {message}", file=sys.stderr)
-    return status

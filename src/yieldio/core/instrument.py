@@ -15,8 +15,13 @@ Events, in the tutorial's terms:
 - ``task_cancelled(task, exc)``: an exception is on its way to its wait point;
 - ``task_finished(task)``: it returned, or crashed (``task.exception``).
 
+An instrument whose method raises is removed (and the error logged), as in
+trio: watching must never break what is watched.
+
 :class:`Tracer` turns these into one line each, and :func:`task_table`
-lists what every task is doing.
+lists what every task is doing, in the tutorial's words (:func:`describe`).
+A task's supervisor that knows more about it (a server knows each
+connection's peer and byte counts) says so through :class:`ConnectionOwner`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 from .kernel import Cancelled, Kernel, Task
 
@@ -96,21 +101,46 @@ class Tracer(Instrument):
             self._line(task, event, f"{type(task.exception).__name__} {task.exception}".rstrip())
 
 
+@runtime_checkable
+class ConnectionOwner(Protocol):
+    """A supervisor whose tasks serve connections: for the task table's peer and byte columns."""
+
+    def connection_of(self, task: Task) -> tuple[str, int, int] | None:
+        """(peer, bytes in, bytes out) of the connection ``task`` serves, if it serves one."""
+        ...
+
+
+def describe(kernel: Kernel, task: Task) -> str:
+    """What the task is doing now, in the tutorial's words."""
+    if task.done:
+        return "finished" if task.exception is None else f"crashed ({type(task.exception).__name__})"
+    if task is kernel.current:
+        return "running"
+    where = kernel.where(task)
+    if where is None:
+        return "ready"
+    kind, place = where
+    if kind == "recv":
+        return f"waiting to read fd {place}"
+    if kind == "send":
+        return f"waiting to write fd {place}"
+    if kind == "sleep":
+        return f"sleeping ({place.deadline - time.monotonic():.3f}s left)"
+    if kind == "task":
+        return f"waiting for task {place.id}"
+    return "parked"
+
+
 def task_table(kernel: Kernel) -> str:
     """Every live task: id, name, state, age, and for connections the peer and bytes in/out."""
     now = time.monotonic()
     rows = [("id", "name", "state", "age", "peer", "in", "out")]
     for task in sorted(kernel.tasks(), key=lambda t: t.id):
-        conn = task.connection
-        peer = task.peer
-        rows.append((
-            str(task.id),
-            task.name,
-            kernel.describe(task),
-            f"{now - task.created:.1f}s",
-            "" if peer is None else (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)),
-            "" if conn is None else str(conn.bytes_in),
-            "" if conn is None else str(conn.bytes_out),
-        ))
+        owner = task.supervisor
+        connection = owner.connection_of(task) if isinstance(owner, ConnectionOwner) else None
+        peer, bytes_in, bytes_out = ("", "", "") if connection is None else map(str, connection)
+        rows.append(
+            (str(task.id), task.name, describe(kernel, task), f"{now - task.created:.1f}s", peer, bytes_in, bytes_out)
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

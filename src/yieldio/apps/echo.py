@@ -32,9 +32,9 @@ import types
 from collections.abc import Callable, Generator
 from typing import Any, Literal, Protocol
 
-from .kernel import Cancelled, TaskTimeout
-from .scopes import timeout_after
-from .sockets import Socket
+from ..core.kernel import Cancelled
+from ..core.scopes import TaskTimeout, timeout_after
+from ..io.sockets import Socket
 
 DEFAULT_PREFIX = b"GOT:"
 DEFAULT_MAX_LINE = 64 * 1024
@@ -67,7 +67,7 @@ class ChunkFramer:
 class LineFramer:
     """One reply per line received: ``prefix + line``; bounded by ``max_line``."""
 
-    __slots__ = ("prefix", "max_line", "_partial")
+    __slots__ = ("_partial", "max_line", "prefix")
 
     def __init__(self, prefix: bytes = DEFAULT_PREFIX, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 1:
@@ -156,8 +156,8 @@ def echo_handler(
     sock = client.socket
     recv_into = sock.recv_into
     send = sock.send
-    readable = client._readable
-    writable = client._writable
+    readable = client.readable
+    writable = client.writable
     unsent: Any = b""  # the part of the current reply not yet sent (our own copy)
     try:
         # The per-message loop: wait, read, answer. Dense on purpose; see the module doc.

@@ -12,15 +12,15 @@ import os
 import resource
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any, NoReturn
 
-from . import __version__
-from .client import connect_command
+from ..core.runner import SignalRoute, new_kernel, run
+from ..io.sockets import Socket, format_address
+from ..servers.tcp import serve, tcp_listen
+from ..version import __version__
+from .client import STDIN, Outcome, nonblocking, stdin_is_open, talk
 from .echo import DEFAULT_MAX_LINE, make_echo_handler
-from .instrument import Tracer
-from .kernel import Kernel
-from .server import _peer_name, serve, tcp_listen
-from .sockets import Socket
 from .workers import supervise
 
 log = logging.getLogger("yieldio")
@@ -59,31 +59,86 @@ _count = _bounded(int, "the number", 1)
 _seconds = _bounded(float, "the number of seconds", 0.001)
 
 
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    """The one flag every command has; only its default differs (a server says more than a client)."""
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=default,
+        help="how much to log on stderr (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="yieldio", description="A generator-based cooperative scheduler and its echo server.")
     parser.add_argument("--version", action="version", version=f"yieldio {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    serve_parser = commands.add_parser(
+    serve = commands.add_parser(
         "serve",
         help="run the echo server",
         description="Run the echo server: every message received is answered with PREFIX + message.",
     )
-    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on; '' or 0.0.0.0 for all IPv4, :: for all IPv6 (default: %(default)s)")
-    serve_parser.add_argument("--port", type=_listen_port, default=25000, help="TCP port; 0 picks a free one (default: %(default)s)")
-    serve_parser.add_argument("--prefix", default="GOT:", help="bytes put before each reply; '' gives a plain RFC 862 echo (default: %(default)s)")
-    serve_parser.add_argument("--framing", choices=("chunk", "line"), default="chunk", help="answer each chunk received, or each line (default: %(default)s)")
-    serve_parser.add_argument("--max-line", type=_count, default=DEFAULT_MAX_LINE, metavar="BYTES", help="with --framing line, answer longer lines in pieces of this size (default: %(default)s)")
-    serve_parser.add_argument("--max-clients", type=_count, default=None, metavar="N", help="stop accepting while N connections are open (default: no limit)")
-    serve_parser.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS", help="close a connection that has sent nothing for this long (default: never; 300 is sensible on the open internet)")
-    serve_parser.add_argument("--workers", type=_count, default=1, metavar="N", help="run N processes sharing the port with SO_REUSEPORT (Linux); the parent restarts any that dies (default: %(default)s)")
-    serve_parser.add_argument("--backlog", type=_count, default=1024, metavar="N", help="listen backlog (default: %(default)s)")
-    serve_parser.add_argument("--trace", action="store_true", help="print every scheduling event to stderr (as YIELDIO_TRACE=1 does)")
-    serve_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="(default: %(default)s)")
-    serve_parser.set_defaults(func=serve_command)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; '' or 0.0.0.0 for all IPv4, :: for all IPv6 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--port", type=_listen_port, default=25000, help="TCP port; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--prefix",
+        default="GOT:",
+        help="bytes put before each reply; '' gives a plain RFC 862 echo (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--framing",
+        choices=("chunk", "line"),
+        default="chunk",
+        help="answer each chunk received, or each line (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-line",
+        type=_count,
+        default=DEFAULT_MAX_LINE,
+        metavar="BYTES",
+        help="with --framing line, answer longer lines in pieces of this size (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-clients",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="stop accepting while N connections are open (default: no limit)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="close a connection that has sent nothing for this long "
+        "(default: never; 300 is sensible on the open internet)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="run N processes sharing the port with SO_REUSEPORT (Linux); "
+        "the parent restarts any that dies (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--backlog", type=_count, default=1024, metavar="N", help="listen backlog (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--trace", action="store_true", help="print every scheduling event to stderr (as YIELDIO_TRACE=1 does)"
+    )
+    _add_log_level(serve, "info")
+    serve.set_defaults(func=serve_command)
 
-    connect_parser = commands.add_parser(
+    connect = commands.add_parser(
         "connect",
         help="talk to a server: lines typed go out, replies are printed",
         description=(
@@ -93,14 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
             "could not be made or broke, 130 on Ctrl-C."
         ),
     )
-    connect_parser.add_argument("host", metavar="HOST", help="name or address of the server")
-    connect_parser.add_argument("port", metavar="PORT", type=_connect_port, help="its TCP port")
-    connect_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning", help="(default: %(default)s)")
-    connect_parser.set_defaults(func=connect_command)
+    connect.add_argument("host", metavar="HOST", help="name or address of the server")
+    connect.add_argument("port", metavar="PORT", type=_connect_port, help="its TCP port")
+    _add_log_level(connect, "warning")
+    connect.set_defaults(func=connect_command)
     return parser
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    """``yieldio serve``: the echo server, in this process or in ``--workers`` processes."""
     reuse_port = args.workers > 1
     try:
         listener = tcp_listen((args.host, args.port), backlog=args.backlog, reuse_port=reuse_port)
@@ -112,17 +168,14 @@ def serve_command(args: argparse.Namespace) -> int:
     prefix = os.fsencode(args.prefix)  # the bytes given, even those that are not UTF-8
     handler = make_echo_handler(prefix, args.framing, args.max_line)
     address = listener.getsockname()
-    announce.info("listening on %s (echo, framing=%s, prefix=%r)", _peer_name(address), args.framing, prefix)
+    announce.info("listening on %s (echo, framing=%s, prefix=%r)", format_address(address), args.framing, prefix)
 
     def serve_here(listener: Socket) -> int:
         async def accept_loop() -> None:
             with listener:
                 await serve(listener, handler, max_clients=args.max_clients, idle_timeout=args.idle_timeout)
 
-        kernel = Kernel()
-        if args.trace:
-            kernel.add_instrument(Tracer())
-        kernel.run(accept_loop)
+        run(accept_loop, trace=args.trace)
         log.info("stopped")
         return 0
 
@@ -135,6 +188,21 @@ def serve_command(args: argparse.Namespace) -> int:
 
     listener.close()  # it only checked the address: a socket nobody accepts on would strand clients
     return supervise(args.workers, worker)
+
+
+def connect_command(args: argparse.Namespace) -> int:
+    """``yieldio connect HOST PORT``; returns the exit status."""
+    stdin = STDIN if stdin_is_open() else None
+    kernel = new_kernel()
+    with nonblocking(STDIN) if stdin is not None else nullcontext(), SignalRoute(kernel) as signals:
+        outcome: Outcome | None = kernel.run(talk(args.host, args.port, stdin))
+    if outcome is None:  # the session was cancelled on SIGINT or SIGTERM
+        assert signals.received is not None
+        return 128 + signals.received
+    status, message = outcome
+    if message:
+        print(f"yieldio: {message}", file=sys.stderr)
+    return status
 
 
 def _raise_descriptor_limit() -> None:

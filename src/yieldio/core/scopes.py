@@ -18,19 +18,32 @@ from __future__ import annotations
 
 import types
 from collections.abc import Awaitable, Generator
-from typing import Any, cast
+from types import TracebackType
+from typing import Any, Self, cast
 
 from . import traps
-from .kernel import Cancelled, Kernel, Task, TaskTimeout, _Expired, current_kernel
+from .kernel import Cancelled, Kernel, Task, Timer, current_kernel
 from .traps import Coro
 
 
+class TaskTimeout(TimeoutError):
+    """Raised out of a :func:`timeout_after` block whose time ran out."""
+
+
+class _Expired(Cancelled):
+    """The cancellation a timeout delivers inside its block; turned into TaskTimeout at the block's edge."""
+
+    def __init__(self, scope: object) -> None:
+        super().__init__("timeout")
+        self.scope = scope
+
+
 class _TimeoutScope:
-    __slots__ = ("seconds", "_timer", "_task", "expired")
+    __slots__ = ("_task", "_timer", "expired", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._timer: list[Any] | None = None
+        self._timer: Timer | None = None
         self._task: Task | None = None
         self.expired = False
 
@@ -45,15 +58,17 @@ class _TimeoutScope:
 
     def _exit(self, error: BaseException | None) -> None:
         if self._timer is not None:
-            Kernel.cancel_timer(self._timer)
+            self._timer.cancel()
         if isinstance(error, _Expired) and error.scope is self:
             raise TaskTimeout(f"timed out after {self.seconds}s") from None
 
-    async def __aenter__(self) -> _TimeoutScope:
+    async def __aenter__(self) -> Self:
         self._enter(await traps.current_task())
         return self
 
-    async def __aexit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._exit(error)
 
 
@@ -96,7 +111,7 @@ class TaskGroup:
         self._closing = False
         self._failed = False
 
-    async def __aenter__(self) -> TaskGroup:
+    async def __aenter__(self) -> Self:
         self._parent = await traps.current_task()
         self._kernel = current_kernel()
         return self
@@ -116,8 +131,8 @@ class TaskGroup:
         for child in self._children:
             self._kernel.cancel_nowait(child)
 
-    def _child_done(self, task: Task) -> None:
-        """Called by the kernel as each child ends."""
+    def child_done(self, task: Task) -> None:
+        """Called by the kernel as each child ends (the kernel's Supervisor protocol)."""
         self._children.discard(task)
         error = task.exception
         if error is None or isinstance(error, Cancelled):
@@ -129,7 +144,9 @@ class TaskGroup:
             if not self._closing and self._kernel is not None and self._parent is not None:
                 self._kernel.cancel_nowait(self._parent, _GroupFailed())
 
-    async def __aexit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> bool:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         self._closing = True
         if error is not None and not isinstance(error, _GroupFailed):
             self.cancel_remaining()

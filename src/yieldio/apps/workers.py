@@ -37,11 +37,7 @@ def supervise(count: int, work: Callable[[], int]) -> int:
         pid = os.fork()
         if pid == 0:  # the worker
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            code = 1
-            try:
-                code = work()
-            finally:
-                os._exit(code)
+            os._exit(_run_worker(work))
         workers[pid] = time.monotonic()
         log.info("worker %d started", pid)
 
@@ -60,6 +56,20 @@ def supervise(count: int, work: Callable[[], int]) -> int:
                 start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _run_worker(work: Callable[[], int]) -> int:
+    """The worker's exit status. Its crash is logged here: ``os._exit``, which a forked child must
+    use (no atexit handlers, no flushing the parent's buffers twice), would discard the traceback."""
+    try:
+        return work()
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        log.exception("worker %d crashed", os.getpid())
+        return 1
+    finally:
+        logging.shutdown()  # flush the log before os._exit
 
 
 def _reap(workers: dict[int, float]) -> list[tuple[int, int, float]]:

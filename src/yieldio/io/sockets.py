@@ -24,18 +24,26 @@ import socket
 import threading
 import types
 from collections.abc import Callable, Generator
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
-from . import kernel as _kernel
+from ..core.kernel import running_kernel
 
 T = TypeVar("T")
 Waits = Generator[Any, Any, T]
 
 
 def _forget(fd: int) -> None:
-    running = _kernel._this_thread.kernel
+    running = running_kernel()
     if running is not None:
         running.forget_fd(fd)
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` for logs and messages (``[v6::addr]:port`` for IPv6); anything else as ``str``."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+        return f"{host}:{address[1]}"
+    return str(address)
 
 
 class Socket:
@@ -44,14 +52,16 @@ class Socket:
     Every attribute it does not define passes through to the wrapped socket.
     """
 
-    __slots__ = ("_sock", "_fd", "_readable", "_writable", "bytes_in", "bytes_out", "__weakref__")
+    __slots__ = ("__weakref__", "_fd", "_sock", "bytes_in", "bytes_out", "readable", "writable")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._fd = fd = sock.fileno()
-        self._readable = ("recv", fd)
-        self._writable = ("send", fd)
+        # The two waits, built once: a loop that handles its own reads may ``yield sock.readable``
+        # (the tutorial's ``yield 'recv', sock``) and costs no allocation per wait.
+        self.readable = ("recv", fd)
+        self.writable = ("send", fd)
         self.bytes_in = 0  # counted for the task list and for idle timeouts
         self.bytes_out = 0
         _forget(fd)  # a new socket on a reused number: drop the old one's registration
@@ -72,11 +82,11 @@ class Socket:
 
     @types.coroutine
     def wait_readable(self) -> Waits[None]:
-        yield self._readable
+        yield self.readable
 
     @types.coroutine
     def wait_writable(self) -> Waits[None]:
-        yield self._writable
+        yield self.writable
 
     @types.coroutine
     def recv(self, maxsize: int, flags: int = 0) -> Waits[bytes]:
@@ -84,7 +94,7 @@ class Socket:
             try:
                 data = self._sock.recv(maxsize, flags)
             except BlockingIOError:
-                yield self._readable
+                yield self.readable
             else:
                 self.bytes_in += len(data)
                 return data
@@ -95,7 +105,7 @@ class Socket:
             try:
                 received = self._sock.recv_into(buffer, nbytes, flags)
             except BlockingIOError:
-                yield self._readable
+                yield self.readable
             else:
                 self.bytes_in += received
                 return received
@@ -106,7 +116,7 @@ class Socket:
             try:
                 sent = self._sock.send(data, flags)
             except BlockingIOError:
-                yield self._writable
+                yield self.writable
             else:
                 self.bytes_out += sent
                 return sent
@@ -123,7 +133,7 @@ class Socket:
             return
         view = memoryview(data).cast("B")[sent:]
         while view:
-            yield self._writable
+            yield self.writable
             try:
                 sent = self._sock.send(view)
             except BlockingIOError:
@@ -137,7 +147,7 @@ class Socket:
             try:
                 client, address = self._sock.accept()
             except BlockingIOError:
-                yield self._readable
+                yield self.readable
             else:
                 return Socket(client), address
 
@@ -148,7 +158,7 @@ class Socket:
             return
         except BlockingIOError:
             pass
-        yield self._writable
+        yield self.writable
         error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, os.strerror(error))
@@ -162,13 +172,13 @@ class Socket:
             _forget(self._fd)
         self._sock.close()
 
-    async def __aenter__(self) -> Socket:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __enter__(self) -> Socket:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -184,7 +194,7 @@ def run_in_thread(function: Callable[..., T], *args: Any) -> Waits[T]:
     def work() -> None:
         try:
             outcome.append((True, function(*args)))
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - raised again in the waiting task
             outcome.append((False, error))
         try:
             done_write.send(b"!")

@@ -26,9 +26,9 @@ import types
 from collections.abc import Callable, Generator
 from typing import Any
 
-from . import traps
-from .kernel import Cancelled, Kernel, Task, current_kernel
-from .sockets import Socket
+from ..core import traps
+from ..core.kernel import Cancelled, Kernel, Task, Timer, current_kernel
+from ..io.sockets import Socket, format_address
 
 log = logging.getLogger("yieldio")
 
@@ -46,9 +46,7 @@ def resolve(host: str, port: int) -> tuple[int, Any]:
     """(family, address) to bind; '' means every IPv4 address, as in the tutorial."""
     if host == "":
         return socket.AF_INET, ("", port)
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     return family, address
 
 
@@ -69,15 +67,12 @@ def tcp_listen(address: tuple[str, int], *, backlog: int = 1024, reuse_port: boo
     return Socket(sock)
 
 
-def _peer_name(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
-        return f"{host}:{address[1]}"
-    return str(address)
-
-
 class _Connections:
     """The open connections of one server, and the accept loop's wait for a free slot.
+
+    It is the supervisor of every connection task: the kernel reports each
+    one's end to :meth:`child_done`, which closes the socket and logs; the
+    task table asks :meth:`connection_of` for the peer and byte counts.
 
     Idle connections are found by one sweep every quarter of ``idle_timeout``
     (not a timer per connection, which would keep every closed connection in
@@ -91,60 +86,69 @@ class _Connections:
         self.handler_name = getattr(handler, "__qualname__", "handler")
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
-        self.open = 0
         self.nodelay = False
+        self.clients: dict[Task, tuple[Socket, Any]] = {}  # connection task -> (its socket, peer address)
         self.slot_waiters: list[Task] = []
         self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
-        self.sweeper: list[Any] | None = None
+        self.sweeper: Timer | None = None
         if idle_timeout:
             self.sweeper = kernel.call_later(idle_timeout / 4, self.sweep)
 
     def start(self, client: Socket, address: Any) -> None:
         # The handler's own generator or coroutine is the task (no wrapper
         # around it, which would cost a frame per message); the cleanup runs
-        # in _child_done when the kernel reports the task's end.
-        peer = _peer_name(address)
+        # in child_done when the kernel reports the task's end.
+        peer = format_address(address)
         try:
             task = self.kernel.spawn(self.handler(client, address), name=f"{self.handler_name} {peer}")
         except Exception:
             log.exception("connection %s: could not start %s", peer, self.handler_name)
             client.close()
             return
-        task.peer = address
-        task.connection = client
         task.supervisor = self
-        self.open += 1
+        self.clients[task] = (client, address)
         log.info("connection from %s", peer)
         if self.idle_timeout:
             self.activity[task] = (client.bytes_in, time.monotonic())
 
-    def _child_done(self, task: Task) -> None:
-        task.connection.close()
-        self.open -= 1
+    @property
+    def open(self) -> int:
+        return len(self.clients)
+
+    def child_done(self, task: Task) -> None:
+        client, address = self.clients.pop(task)
+        client.close()
         self.activity.pop(task, None)
         if self.slot_waiters:
             self.kernel.wake_all(self.slot_waiters)
         error = task.exception
         if error is not None and not isinstance(error, Cancelled):
-            log.error("connection %s: %r failed", _peer_name(task.peer), task.name, exc_info=error)
-        log.info("connection closed %s", _peer_name(task.peer))
+            log.error("connection %s: %r failed", format_address(address), task.name, exc_info=error)
+        log.info("connection closed %s", format_address(address))
+
+    def connection_of(self, task: Task) -> tuple[str, int, int] | None:
+        if task not in self.clients:
+            return None
+        client, address = self.clients[task]
+        return format_address(address), client.bytes_in, client.bytes_out
 
     def sweep(self, _: Any = None) -> None:
         assert self.idle_timeout
         now = time.monotonic()
         for task, (seen, since) in list(self.activity.items()):
-            received = task.connection.bytes_in
+            client, address = self.clients[task]
+            received = client.bytes_in
             if received != seen:
                 self.activity[task] = (received, now)
             elif now - since >= self.idle_timeout:
-                log.info("closing %s: idle for %ss", _peer_name(task.peer), self.idle_timeout)
+                log.info("closing %s: idle for %ss", format_address(address), self.idle_timeout)
                 del self.activity[task]
                 self.kernel.cancel_nowait(task)
         self.sweeper = self.kernel.call_later(self.idle_timeout / 4, self.sweep)
 
     def stop(self) -> None:
         if self.sweeper is not None:
-            Kernel.cancel_timer(self.sweeper)
+            self.sweeper.cancel()
 
 
 @types.coroutine
@@ -171,6 +175,7 @@ def serve(
 
 def _accept_forever(listener: Socket, connections: _Connections) -> Generator[Any, Any, None]:
     max_clients = connections.max_clients
+    accept = listener.socket.accept
     pause = 0.0
     while True:
         if max_clients is not None and connections.open >= max_clients:
@@ -180,7 +185,7 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
             log.info("accepting again (%d clients connected)", connections.open)
         for _ in range(_ACCEPTS_PER_TURN):
             try:
-                client, address = listener._sock.accept()
+                client, address = accept()
             except BlockingIOError:
                 yield from listener.wait_readable()
                 break
@@ -219,6 +224,6 @@ def tcp_server(
 ) -> Generator[Any, Any, None]:
     """Listen on ``address`` and serve each connection with ``handler(client, address)``."""
     listener = tcp_listen(address, backlog=backlog, reuse_port=reuse_port)
-    log.info("listening on %s", _peer_name(listener.getsockname()))
+    log.info("listening on %s", format_address(listener.getsockname()))
     with listener:
         yield from serve(listener, handler, max_clients=max_clients, idle_timeout=idle_timeout, nodelay=nodelay)

@@ -16,7 +16,7 @@ one definition serve both styles: ``await sleep(1)`` in an ``async def`` and
 from __future__ import annotations
 
 import types
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator, MutableSequence
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 if TYPE_CHECKING:
@@ -81,8 +81,13 @@ def cancel(task: Task, exc: BaseException | None = None) -> Generator[Any, Any, 
 
 
 @types.coroutine
-def park(waiters: list[Task]) -> Generator[Any, Any, Any]:
-    """Put the current task on ``waiters`` until someone calls ``Kernel.wake_all(waiters)``."""
+def park(waiters: MutableSequence[Task]) -> Generator[Any, Any, Any]:
+    """Append the current task to ``waiters`` and park it there until it is woken.
+
+    ``Kernel.wake_all(waiters)`` wakes them all; ``Kernel.wake(task)`` one that the caller has
+    taken off ``waiters``. Returns the value given to the wake-up. A cancellation takes the
+    task off ``waiters`` and throws at this point instead.
+    """
     return (yield ("park", waiters))
 
 

@@ -10,7 +10,7 @@ kernel keeps exactly that shape:
   waiting areas, keyed by file descriptor;
 - a task is any generator or coroutine. It runs until it yields a *trap*, a
   2-tuple ``(operation, argument)``: ``('recv', sock)`` and ``('send', sock)``
-  are the tutorial's own; the others are made by :mod:`yieldio.traps`;
+  are the tutorial's own; the others are made by :mod:`yieldio.core.traps`;
 - the loop polls, moves woken tasks to the ready queue, runs every ready
   task once, and polls again.
 
@@ -18,30 +18,30 @@ What changed, and why:
 
 *epoll instead of select().* ``select()`` costs time in proportion to every
 socket watched, on every call, and cannot watch descriptor 1024 or above.
-The kernel uses ``select.epoll`` (elsewhere ``selectors``, i.e. kqueue or
-poll), and keeps registrations between waits, level-triggered: a connection
-that waits to read, is woken, echoes and waits to read again costs no
-``epoll_ctl`` call at all. Interest is dropped only when an event arrives
-that no task waits for, or when the socket is closed.
+The kernel asks a poller (:mod:`yieldio.core.poller`: epoll, or a selector
+elsewhere) and keeps registrations between waits, level-triggered: a
+connection that waits to read, is woken, echoes and waits to read again
+costs no ``epoll_ctl`` call at all. Interest is dropped only when an event
+arrives that no task waits for, or when the socket is closed.
 
-*Time.* A heap of timers serves ``sleep()`` and timeouts; the poll waits no
-longer than the nearest deadline.
+*Time.* A heap of :class:`Timer` entries serves ``sleep()`` and timeouts;
+the poll waits no longer than the nearest deadline.
 
 *Cancellation.* A parked task is taken out of its waiting area and resumed
 with an exception thrown at its wait point, so its ``finally`` blocks run as
 usual. A task already in the ready queue gets the exception when it next
-runs. Timeouts are cancellations with a deadline.
+runs. Timeouts (:mod:`yieldio.core.scopes`) are cancellations with a deadline.
 
 *Faults stay local.* An exception that escapes a task ends that task alone;
-it is logged (logger ``yieldio``) unless someone is there to receive it.
+it is logged (logger ``yieldio``) unless someone is there to receive it: a
+task joining it, or its :class:`Supervisor`. An instrument that raises is
+removed and logged; the tasks go on.
 
-*Signals.* While running in the main thread, SIGUSR1 logs the task table
-and SIGINT and SIGTERM start an orderly shutdown: every task is cancelled at its wait point and given a grace
-period for its cleanup; a second signal, or the end of the grace period,
-closes what is left.
-
-The kernel does no I/O of its own besides polling; sockets are wrapped in
-:mod:`yieldio.sockets`.
+That is all the kernel does. It does no I/O besides polling (sockets live
+in :mod:`yieldio.io`); signals, the module-level ``run()`` and the
+tutorial's ``tasks`` live in :mod:`yieldio.core.runner`; the words that
+describe a task's state live with the task table in
+:mod:`yieldio.core.instrument`.
 """
 
 from __future__ import annotations
@@ -49,28 +49,19 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
-import select
-import selectors
-import signal
-import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, MutableSequence
 from typing import Any, Protocol, cast
 
 from . import traps
+from .poller import IN, OUT, READ_EVENTS, WRITE_EVENTS, Poller, default_poller
 from .traps import Coro
 
 log = logging.getLogger("yieldio")
 
-IN = getattr(select, "EPOLLIN", 0x001)
-OUT = getattr(select, "EPOLLOUT", 0x004)
-# Errors and hang-ups are reported whatever the mask says; they wake both sides,
-# whose next system call then reports what happened.
-READ_EVENTS = IN | getattr(select, "EPOLLHUP", 0x010) | getattr(select, "EPOLLERR", 0x008)
-WRITE_EVENTS = OUT | getattr(select, "EPOLLHUP", 0x010) | getattr(select, "EPOLLERR", 0x008)
+WaitPoint = tuple[str, Any]  # see Kernel.where
 
 
 class Cancelled(BaseException):
@@ -80,77 +71,60 @@ class Cancelled(BaseException):
     """
 
 
-class TaskTimeout(TimeoutError):
-    """Raised out of a :func:`timeout_after` block whose time ran out."""
+class Supervisor(Protocol):
+    """Told by the kernel when a task it supervises has ended (a TaskGroup, a server).
+
+    A supervised task's failure is the supervisor's to report: the kernel does not log it.
+    """
+
+    def child_done(self, task: Task) -> None: ...
 
 
-class _Expired(Cancelled):
-    """The cancellation a timeout delivers inside its block; turned into TaskTimeout at the block's edge."""
+class Timer:
+    """``callback(arg)``, due at ``deadline`` (``time.monotonic()``); an entry of the kernel's heap."""
 
-    def __init__(self, scope: object) -> None:
-        super().__init__("timeout")
-        self.scope = scope
+    __slots__ = ("arg", "callback", "deadline", "seq")
 
+    def __init__(self, deadline: float, seq: int, callback: Callable[[Any], None], arg: Any) -> None:
+        self.deadline = deadline
+        self.seq = seq  # ties between equal deadlines go to the older timer
+        self.callback: Callable[[Any], None] | None = callback
+        self.arg = arg
 
-class Poller(Protocol):
-    def register(self, fd: int, mask: int) -> None: ...
-    def modify(self, fd: int, mask: int) -> None: ...
-    def unregister(self, fd: int) -> None: ...
-    def poll(self, timeout: float = -1) -> list[tuple[int, int]]: ...
-    def close(self) -> None: ...
+    def __lt__(self, other: Timer) -> bool:
+        return self.deadline < other.deadline or (self.deadline == other.deadline and self.seq < other.seq)
 
+    @property
+    def cancelled(self) -> bool:
+        return self.callback is None
 
-class SelectorPoller:
-    """epoll's interface over :mod:`selectors`, for systems without epoll (kqueue on BSD and macOS)."""
-
-    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
-        self._selector = selector or selectors.DefaultSelector()
-
-    @staticmethod
-    def _events(mask: int) -> int:
-        return (selectors.EVENT_READ if mask & IN else 0) | (selectors.EVENT_WRITE if mask & OUT else 0)
-
-    def register(self, fd: int, mask: int) -> None:
-        try:
-            self._selector.register(fd, self._events(mask))
-        except KeyError:
-            raise FileExistsError(fd) from None
-
-    def modify(self, fd: int, mask: int) -> None:
-        try:
-            self._selector.modify(fd, self._events(mask))
-        except KeyError:
-            raise FileNotFoundError(fd) from None
-
-    def unregister(self, fd: int) -> None:
-        try:
-            self._selector.unregister(fd)
-        except KeyError:
-            raise FileNotFoundError(fd) from None
-
-    def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
-        ready = self._selector.select(None if timeout < 0 else timeout)
-        return [
-            (key.fd, (IN if events & selectors.EVENT_READ else 0) | (OUT if events & selectors.EVENT_WRITE else 0))
-            for key, events in ready
-        ]
-
-    def close(self) -> None:
-        self._selector.close()
-
-
-def default_poller() -> Poller:
-    if hasattr(select, "epoll"):
-        return select.epoll()
-    return SelectorPoller()
+    def cancel(self) -> None:
+        """Don't run it. The heap drops the entry when it comes due; its argument is let go now."""
+        self.callback = None
+        self.arg = None
 
 
 class Task:
     """A generator or coroutine the kernel runs, with what it takes to resume, join and cancel it."""
 
     __slots__ = (
-        "id", "name", "coro", "daemon", "created", "trap", "done", "result", "exception",
-        "watched", "supervisor", "peer", "connection", "_send", "_throw", "_next", "_exc", "_joiners", "_timer",
+        "_exc",
+        "_joiners",
+        "_next",
+        "_send",
+        "_throw",
+        "_timer",
+        "coro",
+        "created",
+        "daemon",
+        "done",
+        "exception",
+        "id",
+        "name",
+        "result",
+        "supervisor",
+        "trap",
+        "watched",
     )  # fmt: skip
 
     _ids = itertools.count(1)
@@ -168,16 +142,14 @@ class Task:
         self.result: Any = None
         self.exception: BaseException | None = None
         self.watched = False  # someone will receive its outcome (run's main task), so don't log it
-        self.supervisor: Any = None  # told when it ends (TaskGroup, server), and reports its failure
-        self.peer: Any = None  # for connection tasks, the peer's address...
-        self.connection: Any = None  # ... and its Socket (whose byte counters the task table shows)
+        self.supervisor: Supervisor | None = None  # told when it ends, and reports its failure
         self._send = coro.send
         self._throw = coro.throw
         self._next: Any = None  # the value to send at its next resumption
         self._exc: BaseException | None = None  # ... or the exception to throw
         # (task, wants the outcome) waiting for this one; a list only once someone waits (memory per task)
         self._joiners: list[tuple[Task, bool]] | tuple[()] = ()
-        self._timer: list[Any] | None = None  # its sleep's heap entry
+        self._timer: Timer | None = None  # its sleep's heap entry
 
     def _add_joiner(self, task: Task, wants_outcome: bool) -> None:
         if not self._joiners:
@@ -201,7 +173,10 @@ class Task:
 
 
 class Kernel:
-    """Runs tasks on one thread until none is left (or until a main task ends)."""
+    """Runs tasks on one thread until none is left (or until a main task ends).
+
+    Nothing here is safe to call from another thread.
+    """
 
     def __init__(self, *, poller: Poller | None = None, shutdown_grace: float = 4.0) -> None:
         self._poller = poller or default_poller()
@@ -211,14 +186,13 @@ class Kernel:
         self._writers: dict[int, Task] = {}
         self._masks: dict[int, int] = {}  # fd -> interest registered with the poller
         self._owners: dict[int, Any] = {}  # fd -> the object a classic trap named, to notice reuse
-        self._timers: list[list[Any]] = []  # heap of [deadline, seq, callback or None, arg]
+        self._timers: list[Timer] = []  # a heap
         self._seq = itertools.count()
         self._tasks: dict[int, Task] = {}
         self._live = 0  # tasks that are not daemons and not done
         self.current: Task | None = None
-        self.instruments: list[Any] = []  # objects with some of yieldio.instrument.Instrument's methods
+        self.instruments: list[Any] = []  # objects with some of yieldio.core.instrument.Instrument's methods
         self.stopping = False
-        self.signalled: int | None = None
         self._traps: dict[str, Callable[[Task, Any], bool]] = {
             "sleep": self._trap_sleep,
             "spawn": self._trap_spawn,
@@ -246,15 +220,16 @@ class Kernel:
         """Every task that has not ended yet."""
         return list(self._tasks.values())
 
-    def call_later(self, delay: float, callback: Callable[[Any], None], arg: Any = None) -> list[Any]:
-        """Run ``callback(arg)`` from the kernel after ``delay`` seconds; cancel with ``cancel_timer``."""
-        entry = [time.monotonic() + delay, next(self._seq), callback, arg]
-        heapq.heappush(self._timers, entry)
-        return entry
+    @property
+    def live_count(self) -> int:
+        """Tasks not ended, daemons aside: the kernel runs until this is 0 (with no main task)."""
+        return self._live
 
-    @staticmethod
-    def cancel_timer(entry: list[Any]) -> None:
-        entry[2] = entry[3] = None  # the heap drops the entry when it comes due; let go of its argument now
+    def call_later(self, delay: float, callback: Callable[[Any], None], arg: Any = None) -> Timer:
+        """Run ``callback(arg)`` from the kernel after ``delay`` seconds; ``Timer.cancel()`` takes it back."""
+        timer = Timer(time.monotonic() + delay, next(self._seq), callback, arg)
+        heapq.heappush(self._timers, timer)
+        return timer
 
     def cancel_nowait(self, task: Task, exc: BaseException | None = None) -> bool:
         """Arrange for ``exc`` to be thrown into ``task`` at its wait point; don't wait for it."""
@@ -268,11 +243,21 @@ class Kernel:
             self._ready.append(task)
         return True
 
-    def wake_all(self, waiters: list[Task], value: Any = None) -> None:
-        """Resume every task parked on ``waiters`` (see traps.park)."""
+    def wake(self, task: Task, value: Any = None) -> None:
+        """Resume a task parked by ``traps.park(waiters)``, which the caller has taken off ``waiters``.
+
+        ``value`` is what its ``park`` returns. A task cancelled before it runs again gets the
+        cancellation instead: code that hands it something along with the wake-up must check.
+        """
+        task._next = value
+        self._ready.append(task)
+        if self.instruments:
+            self._emit("task_woken", task, "woken")
+
+    def wake_all(self, waiters: MutableSequence[Task], value: Any = None) -> None:
+        """Resume every task parked on ``waiters`` (see traps.park), first parked first."""
         for task in waiters:
-            task._next = value
-            self._ready.append(task)
+            self.wake(task, value)
         waiters.clear()
 
     def forget_fd(self, fd: int) -> None:
@@ -289,39 +274,53 @@ class Kernel:
                 self._ready.append(task)
 
     def add_instrument(self, instrument: Any) -> None:
-        """Have ``instrument`` told of every scheduling event (see :mod:`yieldio.instrument`)."""
+        """Have ``instrument`` told of every scheduling event (see :mod:`yieldio.core.instrument`)."""
         self.instruments.append(instrument)
 
-    def _emit(self, event: str, task: Task, *details: Any) -> None:
-        for instrument in self.instruments:
-            hook = getattr(instrument, event, None)
-            if hook is not None:
-                hook(task, *details)
+    def remove_instrument(self, instrument: Any) -> None:
+        self.instruments.remove(instrument)
 
-    def describe(self, task: Task) -> str:
-        """What the task is doing now, in the tutorial's words."""
-        if task.done:
-            return "finished" if task.exception is None else f"crashed ({type(task.exception).__name__})"
-        if task is self.current:
-            return "running"
-        where = self._where(task)
-        if where is None:
-            return "ready"
-        kind, place = where
-        if kind == "recv":
-            return f"waiting to read fd {place}"
-        if kind == "send":
-            return f"waiting to write fd {place}"
-        if kind == "sleep":
-            return f"sleeping ({place[0] - time.monotonic():.3f}s left)"
-        if kind == "task":
-            return f"waiting for task {place.id}"
-        return "parked"
+    def _emit(self, event: str, task: Task, *details: Any) -> None:
+        for instrument in list(self.instruments):
+            hook = getattr(instrument, event, None)
+            if hook is None:
+                continue
+            try:
+                hook(task, *details)
+            except Exception:
+                # as trio does: a broken instrument must not take the program down with it
+                log.exception("instrument %r raised in %s: removed", instrument, event)
+                if instrument in self.instruments:
+                    self.instruments.remove(instrument)
+
+    def where(self, task: Task) -> WaitPoint | None:
+        """Where a parked task waits: ``('recv' or 'send', fd)``, ``('sleep', timer)``,
+        ``('task', target)`` (join, wait, cancel), ``('park', waiters)``; None if it is not
+        parked (it is ready, running or done)."""
+        trap = task.trap
+        if trap is None:
+            return None
+        op, arg = trap
+        if op == "recv" or op == "send":
+            waiting = self._readers if op == "recv" else self._writers
+            fd = arg if type(arg) is int else next((f for f, t in waiting.items() if t is task), None)
+            return (op, fd) if fd is not None and waiting.get(fd) is task else None
+        if op == "sleep":
+            return None if task._timer is None else ("sleep", task._timer)
+        if op in ("join", "wait", "cancel"):
+            target = arg[0] if op == "cancel" else arg
+            return ("task", target) if any(waiter is task for waiter, _ in target._joiners) else None
+        if op == "park":
+            return ("park", arg) if any(waiter is task for waiter in arg) else None
+        return None
 
     # -- running ------------------------------------------------------------
 
-    def run(self, main: Coro | Callable[[], Coro] | None = None, *, handle_signals: bool = True) -> Any:
-        """Run ``main`` to completion and return its result; with no main, run until no task is left."""
+    def run(self, main: Coro | Callable[[], Coro] | None = None) -> Any:
+        """Run ``main`` to completion and return its result; with no main, run until no task is left.
+
+        Returns None when ``main`` was cancelled by :meth:`shutdown` (a signal, say).
+        """
         if running_kernel() is not None:
             raise RuntimeError("a yieldio kernel is already running in this thread")
         if main is not None and not hasattr(main, "send"):
@@ -330,7 +329,6 @@ class Kernel:
         if main_task is not None:
             main_task.watched = True
         _this_thread.kernel = self
-        restore = self._catch_signals() if handle_signals else None
         try:
             self._loop(main_task)
             if self._tasks:
@@ -338,13 +336,11 @@ class Kernel:
         finally:
             _this_thread.kernel = None
             self.current = None
-            if restore is not None:
-                restore()
             self._poller.close()
         if main_task is None:
             return None
         if main_task.exception is not None:
-            if self.signalled is not None and isinstance(main_task.exception, Cancelled):
+            if self.stopping and isinstance(main_task.exception, Cancelled):
                 return None
             raise main_task.exception
         return main_task.result
@@ -364,11 +360,11 @@ class Kernel:
         poll = self._poller.poll
         monotonic = time.monotonic
         instruments = self.instruments  # each hook below costs one falsy check when nobody listens
-        while (self._live if until is None else not until.done):
+        while self._live if until is None else not until.done:
             if ready:
                 timeout = 0.0
             elif timers:
-                timeout = max(timers[0][0] - monotonic(), 0.0)
+                timeout = max(timers[0].deadline - monotonic(), 0.0)
             elif readers or writers:
                 timeout = -1.0
             else:
@@ -386,7 +382,7 @@ class Kernel:
                     for woken, what in ((reader, "readable"), (writer, "writable")):
                         if woken is not None:
                             self._emit("task_woken", woken, f"poll: fd {fd} {what}")
-            if timers and timers[0][0] <= monotonic():
+            if timers and timers[0].deadline <= monotonic():
                 self._fire_timers()
             n = len(ready)
             while n:
@@ -431,7 +427,7 @@ class Kernel:
                     elif traps_[op](task, arg):
                         ready.appendleft(task)  # the trap answered at once: resume it next
                         n += 1
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 - whatever a bad trap raises goes back into its task
                     self._reject(task, trap, error)
                     n += 1
                 if instruments:
@@ -450,7 +446,9 @@ class Kernel:
                 f"('send', sock) or a trap from yieldio.traps"
             )
         elif isinstance(error, AttributeError):
-            error = TypeError(f"task {task.name!r} yielded {trap!r}: {trap[1]!r} is neither a descriptor nor has fileno()")
+            error = TypeError(
+                f"task {task.name!r} yielded {trap!r}: {trap[1]!r} is neither a descriptor nor has fileno()"
+            )
         task._exc = error
         self._ready.appendleft(task)
 
@@ -502,34 +500,14 @@ class Kernel:
     def _fire_timers(self) -> None:
         timers = self._timers
         now = time.monotonic()
-        while timers and timers[0][0] <= now:
-            _, _, callback, arg = heapq.heappop(timers)
-            if callback is not None:
-                callback(arg)
-
-    def _where(self, task: Task) -> tuple[str, Any] | None:
-        """Where a task is parked: ('recv' or 'send', fd), ('sleep', timer), ('task', target),
-        ('park', waiters); None if it is not parked (it is ready, running or done)."""
-        trap = task.trap
-        if trap is None:
-            return None
-        op, arg = trap
-        if op == "recv" or op == "send":
-            waiting = self._readers if op == "recv" else self._writers
-            fd = arg if type(arg) is int else next((f for f, t in waiting.items() if t is task), None)
-            return (op, fd) if fd is not None and waiting.get(fd) is task else None
-        if op == "sleep":
-            return None if task._timer is None else ("sleep", task._timer)
-        if op in ("join", "wait", "cancel"):
-            target = arg[0] if op == "cancel" else arg
-            return ("task", target) if any(waiter is task for waiter, _ in target._joiners) else None
-        if op == "park":
-            return ("park", arg) if any(waiter is task for waiter in arg) else None
-        return None
+        while timers and timers[0].deadline <= now:
+            timer = heapq.heappop(timers)
+            if timer.callback is not None:
+                timer.callback(timer.arg)
 
     def _unpark(self, task: Task) -> bool:
         """Take a parked task out of whatever it waits on; False if it was not parked."""
-        where = self._where(task)
+        where = self.where(task)
         if where is None:
             return False
         kind, place = where
@@ -538,7 +516,7 @@ class Kernel:
         elif kind == "send":
             del self._writers[place]
         elif kind == "sleep":
-            place[2] = None
+            place.cancel()
             task._timer = None
         elif kind == "task":
             place._joiners = [joiner for joiner in place._joiners if joiner[0] is not task]
@@ -573,7 +551,7 @@ class Kernel:
             self._ready.append(waiter)
         task._joiners = ()
         if task.supervisor is not None:
-            task.supervisor._child_done(task)
+            task.supervisor.child_done(task)
 
     # -- traps other than the two I/O waits: return True to resume the task at once
 
@@ -631,57 +609,11 @@ class Kernel:
         target._add_joiner(task, False)
         return False
 
-    def _trap_park(self, task: Task, waiters: list[Task]) -> bool:
+    def _trap_park(self, task: Task, waiters: MutableSequence[Task]) -> bool:
         waiters.append(task)
         return False
 
     # -- shutdown -----------------------------------------------------------
-
-    def _catch_signals(self) -> Callable[[], None] | None:
-        """Route SIGINT and SIGTERM into the loop as an orderly shutdown (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        wake_read, wake_write = socket.socketpair()
-        wake_read.setblocking(False)
-        wake_write.setblocking(False)
-        old_wakeup = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        caught = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-        old_handlers = {sig: signal.signal(sig, _ignore_signal) for sig in caught}
-        self.spawn(self._watch_signals(wake_read), name="signal watcher", daemon=True)
-
-        def restore() -> None:
-            signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
-            wake_read.close()
-            wake_write.close()
-
-        return restore
-
-    def _watch_signals(self, wake: socket.socket) -> Generator[Any, Any, None]:
-        while True:
-            yield ("recv", wake.fileno())
-            try:
-                received = wake.recv(64)
-            except BlockingIOError:
-                continue
-            for signum in received:
-                self._on_signal(signum)
-
-    def _on_signal(self, signum: int) -> None:
-        if signum == signal.SIGUSR1:
-            from .instrument import task_table
-
-            log.warning("SIGUSR1: %d tasks\n%s", len(self._tasks), task_table(self))
-            return
-        name = signal.Signals(signum).name
-        if self.stopping:
-            log.warning("%s again: stopping now", name)
-            self._close_all()
-            return
-        log.info("%s received: shutting down", name)
-        self.signalled = signum
-        self.shutdown()
 
     def shutdown(self) -> None:
         """Cancel every task; close whatever is still running after the grace period."""
@@ -689,18 +621,18 @@ class Kernel:
         for task in list(self._tasks.values()):
             if not task.daemon and task is not self.current:
                 self.cancel_nowait(task)
-        self.call_later(self.shutdown_grace, lambda _: self._close_all())
+        self.call_later(self.shutdown_grace, lambda _: self.close_all())
 
     def _stop_all(self) -> None:
         """After the main task: cancel what is left, let it clean up, then close the daemons."""
         if self._live:
-            if not self.stopping:  # after a signal they were cancelled already: don't cut their cleanup short
+            if not self.stopping:  # after a shutdown they were cancelled already: don't cut their cleanup short
                 self.shutdown()
             self._loop(None)
-        self._close_all()
+        self.close_all()
 
-    def _close_all(self) -> None:
-        """Close every remaining coroutine at once: its finally blocks run, its waits do not."""
+    def close_all(self) -> None:
+        """Close every remaining task at once: its finally blocks run, its waits do not."""
         for task in list(self._tasks.values()):
             if task is self.current:
                 continue
@@ -711,10 +643,6 @@ class Kernel:
                 log.error("task %r did not close cleanly", task.name, exc_info=error)
             self._finish(task, None, Cancelled())
         self._ready.clear()
-
-
-def _ignore_signal(signum: int, frame: Any) -> None:
-    """The C-level handler has already written the signal to the wakeup socket."""
 
 
 class _ThreadState(threading.local):
@@ -735,49 +663,3 @@ def current_kernel() -> Kernel:
     if kernel is None:
         raise RuntimeError("no yieldio kernel is running")
     return kernel
-
-
-class _ClassicTasks:
-    """The tutorial's ``tasks``: ``tasks.append(gen)`` schedules a generator.
-
-    Before ``run()`` it collects them; inside a running kernel it spawns at once.
-    """
-
-    def __init__(self) -> None:
-        self._pending: list[Coro] = []
-
-    def append(self, coro: Coro) -> None:
-        kernel = _this_thread.kernel
-        if kernel is None:
-            self._pending.append(coro)
-        else:
-            kernel.spawn(coro)
-
-    def _take(self) -> list[Coro]:
-        pending, self._pending = self._pending, []
-        return pending
-
-    def __len__(self) -> int:
-        kernel = _this_thread.kernel
-        return kernel._live if kernel is not None else len(self._pending)
-
-    def __repr__(self) -> str:
-        return f"<yieldio tasks: {len(self)}>"
-
-
-tasks = _ClassicTasks()
-
-
-def run(main: Coro | Callable[[], Coro] | None = None, *, handle_signals: bool = True) -> Any:
-    """Run ``main`` on a fresh kernel and return its result (its exception propagates).
-
-    With no argument, run what was put in ``tasks`` until no task is left, as the tutorial does.
-    """
-    kernel = Kernel()
-    if os.environ.get("YIELDIO_TRACE", "") not in ("", "0"):
-        from .instrument import Tracer
-
-        kernel.add_instrument(Tracer())
-    for coro in tasks._take():
-        kernel.spawn(coro)
-    return kernel.run(main, handle_signals=handle_signals)

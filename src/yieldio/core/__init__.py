@@ -1,0 +1,12 @@
+"""The core: scheduling and nothing else (no sockets, no servers).
+
+- :mod:`.kernel`: the scheduler; tasks, the ready queue, the waiting areas, timers.
+- :mod:`.poller`: the one question the kernel asks the system (epoll, or a selector).
+- :mod:`.traps`: the only code that suspends a task.
+- :mod:`.scopes`: timeouts and task groups, built on cancellation.
+- :mod:`.instrument`: watching the scheduler: the instrument hook's events, the tracer, the task table.
+- :mod:`.runner`: starting a program: ``run()``, the tutorial's ``tasks``, signals.
+
+Modules here import only each other, and only downwards in that list's
+order of dependence (poller and traps at the bottom, runner at the top).
+"""
