@@ -56,7 +56,7 @@ from collections.abc import Callable, MutableSequence
 from typing import Any, Protocol, cast
 
 from . import traps
-from .poller import IN, OUT, READ_EVENTS, WRITE_EVENTS, Poller, default_poller
+from .poller import IN, OUT, READ_EVENTS, WRITE_EVENTS, Poller, Waker, default_poller
 from .traps import Coro
 
 log = logging.getLogger("yieldio")
@@ -193,6 +193,10 @@ class Kernel:
         self.current: Task | None = None
         self.instruments: list[Any] = []  # objects with some of yieldio.core.instrument.Instrument's methods
         self.stopping = False
+        # work handed over by other threads, and the socket that wakes the poll when it comes
+        self._from_threads: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._waker = Waker()
+        self._poller.register(self._waker.fd, IN)
         self._traps: dict[str, Callable[[Task, Any], bool]] = {
             "sleep": self._trap_sleep,
             "spawn": self._trap_spawn,
@@ -230,6 +234,18 @@ class Kernel:
         timer = Timer(time.monotonic() + delay, next(self._seq), callback, arg)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Have the kernel call ``callback(*args)`` on its own thread, soon, waking its poll at once.
+
+        This is the only method of a kernel that is safe to call from another thread (a
+        ``deque.append`` and one byte written to a socket; the GIL makes both atomic). Everything
+        else, including the task-facing objects (queues, events, sockets), belongs to the kernel's
+        thread: hand it work through here, e.g. ``kernel.call_soon_threadsafe(queue.put_nowait, item)``.
+        A callback that raises is logged; the kernel goes on.
+        """
+        self._from_threads.append((callback, args))
+        self._waker.wake()
 
     def cancel_nowait(self, task: Task, exc: BaseException | None = None) -> bool:
         """Arrange for ``exc`` to be thrown into ``task`` at its wait point; don't wait for it."""
@@ -337,6 +353,7 @@ class Kernel:
             _this_thread.kernel = None
             self.current = None
             self._poller.close()
+            self._waker.close()
         if main_task is None:
             return None
         if main_task.exception is not None:
@@ -365,8 +382,8 @@ class Kernel:
                 timeout = 0.0
             elif timers:
                 timeout = max(timers[0].deadline - monotonic(), 0.0)
-            elif readers or writers:
-                timeout = -1.0
+            elif readers or writers or threading.active_count() > 1:
+                timeout = -1.0  # (another thread may yet hand work over: see call_soon_threadsafe)
             else:
                 raise RuntimeError(f"deadlock: no task can ever wake up: {list(self._tasks.values())}")
             for fd, events in poll(timeout):
@@ -377,7 +394,7 @@ class Kernel:
                 if writer is not None:
                     append(writer)
                 elif reader is None:
-                    self._drop_interest(fd)  # nobody waits for what happened
+                    self._unclaimed(fd)  # nobody waits for what happened
                 if instruments:
                     for woken, what in ((reader, "readable"), (writer, "writable")):
                         if woken is not None:
@@ -481,6 +498,23 @@ class Kernel:
         except FileNotFoundError:
             self._poller.register(fd, mask)
         self._masks[fd] = mask
+
+    def _unclaimed(self, fd: int) -> None:
+        """An event no task waits for: the waker (work from other threads), or interest to drop."""
+        if fd == self._waker.fd:
+            self._waker.drain()
+            self._run_thread_calls()
+        else:
+            self._drop_interest(fd)
+
+    def _run_thread_calls(self) -> None:
+        calls = self._from_threads
+        while calls:
+            callback, args = calls.popleft()
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("%r, handed over from another thread, raised", callback)
 
     def _drop_interest(self, fd: int) -> None:
         mask = (IN if fd in self._readers else 0) | (OUT if fd in self._writers else 0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import select
 import selectors
+import socket
 from typing import Protocol
 
 IN = getattr(select, "EPOLLIN", 0x001)
@@ -81,6 +82,35 @@ class SelectorPoller:
 
     def close(self) -> None:
         self._selector.close()
+
+
+class Waker:
+    """A socketpair that wakes a waiting poll from another thread: write a byte to one end,
+    and the other end, registered with the poller, becomes readable (the self-pipe trick)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        self.fd = self._read.fileno()
+
+    def wake(self) -> None:
+        """Safe from any thread. A full buffer means a wake-up is pending already."""
+        try:
+            self._write.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self._read.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()
 
 
 def default_poller() -> Poller:

@@ -142,6 +142,40 @@ class Socket:
             view = view[sent:]
 
     @types.coroutine
+    def recvfrom(self, maxsize: int, flags: int = 0) -> Waits[tuple[bytes, Any]]:
+        """A datagram and its sender's address."""
+        while True:
+            try:
+                data, address = self._sock.recvfrom(maxsize, flags)
+            except BlockingIOError:
+                yield self.readable
+            else:
+                self.bytes_in += len(data)
+                return data, address
+
+    @types.coroutine
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> Waits[tuple[int, Any]]:
+        while True:
+            try:
+                received, address = self._sock.recvfrom_into(buffer, nbytes, flags)
+            except BlockingIOError:
+                yield self.readable
+            else:
+                self.bytes_in += received
+                return received, address
+
+    @types.coroutine
+    def sendto(self, data: Any, address: Any) -> Waits[int]:
+        while True:
+            try:
+                sent = self._sock.sendto(data, address)
+            except BlockingIOError:
+                yield self.writable
+            else:
+                self.bytes_out += sent
+                return sent
+
+    @types.coroutine
     def accept(self) -> Waits[tuple[Socket, Any]]:
         while True:
             try:
