@@ -59,17 +59,50 @@ _count = _bounded(int, "the number", 1)
 _seconds = _bounded(float, "the number of seconds", 0.001)
 
 
-def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
-    """The one flag every command has; only its default differs (a server says more than a client)."""
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default=default,
-        help="how much to log on stderr (default: %(default)s)",
-    )
+class _FromEnvironment:
+    """Flags that an environment variable can also set (how containers are configured).
+
+    Each flag is declared with ``default=None`` so that "not on the command line"
+    can be told apart; after parsing, a missing flag takes its variable's value,
+    checked by the flag's own type and choices, else its default. A flag given on
+    the command line wins. A bad value is one line naming the variable.
+    """
+
+    def __init__(self) -> None:
+        self.options: list[tuple[argparse.Action, str, Any]] = []  # (action, variable, default)
+
+    def add(self, parser: argparse.ArgumentParser, flag: str, env: str, default: Any, help: str, **kwargs: Any) -> None:
+        shown = "" if default is None or kwargs.get("action") == "store_true" else f" (default: {default})"
+        action = parser.add_argument(flag, default=None, help=f"{help}{shown} [env {env}]", **kwargs)
+        self.options.append((action, env, default))
+
+    def apply(self, parser: argparse.ArgumentParser, args: argparse.Namespace, environ: dict[str, str]) -> None:
+        for action, env, default in self.options:
+            if getattr(args, action.dest, None) is not None:
+                continue
+            text = environ.get(env)
+            value = default if text is None else self._convert(parser, action, env, text)
+            setattr(args, action.dest, value)
+
+    @staticmethod
+    def _convert(parser: argparse.ArgumentParser, action: argparse.Action, env: str, text: str) -> Any:
+        if action.nargs == 0:  # a switch (store_true)
+            if text.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.strip().lower() in ("", "0", "false", "no", "off"):
+                return False
+            parser.error(f"{env}={text!r}: use 1 or 0")
+        try:
+            value = action.type(text) if callable(action.type) else text
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            parser.error(f"{env}={text!r}: {error}")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"{env}={text!r}: choose from {', '.join(map(str, action.choices))}")
+        return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, _FromEnvironment]]:
+    """The parser, and for each command the flags its environment variables may set."""
     parser = _Parser(prog="yieldio", description="A generator-based cooperative scheduler and its echo server.")
     parser.add_argument("--version", action="version", version=f"yieldio {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -78,64 +111,76 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the echo server",
-        description="Run the echo server: every message received is answered with PREFIX + message.",
+        description="Run the echo server: every message received is answered with PREFIX + message. "
+        "Every flag can also be set by the environment variable named in its help; a flag given here wins.",
     )
-    serve.add_argument(
+    env = _FromEnvironment()
+    env.add(
+        serve,
         "--host",
-        default="127.0.0.1",
-        help="address to listen on; '' or 0.0.0.0 for all IPv4, :: for all IPv6 (default: %(default)s)",
+        "YIELDIO_HOST",
+        "127.0.0.1",
+        help="address to listen on; '' or 0.0.0.0 for all IPv4, :: for all IPv6",
     )
-    serve.add_argument(
-        "--port", type=_listen_port, default=25000, help="TCP port; 0 picks a free one (default: %(default)s)"
+    env.add(serve, "--port", "YIELDIO_PORT", 25000, type=_listen_port, help="TCP port; 0 picks a free one")
+    env.add(
+        serve, "--prefix", "YIELDIO_PREFIX", "GOT:", help="bytes put before each reply; '' gives a plain RFC 862 echo"
     )
-    serve.add_argument(
-        "--prefix",
-        default="GOT:",
-        help="bytes put before each reply; '' gives a plain RFC 862 echo (default: %(default)s)",
-    )
-    serve.add_argument(
+    env.add(
+        serve,
         "--framing",
+        "YIELDIO_FRAMING",
+        "chunk",
         choices=("chunk", "line"),
-        default="chunk",
-        help="answer each chunk received, or each line (default: %(default)s)",
+        help="answer each chunk received, or each line",
     )
-    serve.add_argument(
+    env.add(
+        serve,
         "--max-line",
+        "YIELDIO_MAX_LINE",
+        DEFAULT_MAX_LINE,
         type=_count,
-        default=DEFAULT_MAX_LINE,
         metavar="BYTES",
-        help="with --framing line, answer longer lines in pieces of this size (default: %(default)s)",
+        help="with --framing line, answer longer lines in pieces of this size",
     )
-    serve.add_argument(
+    env.add(
+        serve,
         "--max-clients",
+        "YIELDIO_MAX_CLIENTS",
+        None,
         type=_count,
-        default=None,
         metavar="N",
         help="stop accepting while N connections are open (default: no limit)",
     )
-    serve.add_argument(
+    env.add(
+        serve,
         "--idle-timeout",
+        "YIELDIO_IDLE_TIMEOUT",
+        None,
         type=_seconds,
-        default=None,
         metavar="SECONDS",
         help="close a connection that has sent nothing for this long "
         "(default: never; 300 is sensible on the open internet)",
     )
-    serve.add_argument(
+    env.add(
+        serve,
         "--workers",
+        "YIELDIO_WORKERS",
+        1,
         type=_count,
-        default=1,
         metavar="N",
-        help="run N processes sharing the port with SO_REUSEPORT (Linux); "
-        "the parent restarts any that dies (default: %(default)s)",
+        help="run N processes sharing the port with SO_REUSEPORT (Linux); the parent restarts any that dies",
     )
-    serve.add_argument(
-        "--backlog", type=_count, default=1024, metavar="N", help="listen backlog (default: %(default)s)"
+    env.add(serve, "--backlog", "YIELDIO_BACKLOG", 1024, type=_count, metavar="N", help="listen backlog")
+    env.add(
+        serve,
+        "--trace",
+        "YIELDIO_TRACE",
+        False,
+        action="store_true",
+        help="print every scheduling event to stderr",
     )
-    serve.add_argument(
-        "--trace", action="store_true", help="print every scheduling event to stderr (as YIELDIO_TRACE=1 does)"
-    )
-    _add_log_level(serve, "info")
+    _add_log_level(serve, env, "info")
     serve.set_defaults(func=serve_command)
 
     connect = commands.add_parser(
@@ -150,9 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     connect.add_argument("host", metavar="HOST", help="name or address of the server")
     connect.add_argument("port", metavar="PORT", type=_connect_port, help="its TCP port")
-    _add_log_level(connect, "warning")
+    connect_env = _FromEnvironment()
+    _add_log_level(connect, connect_env, "warning")
     connect.set_defaults(func=connect_command)
-    return parser
+    return parser, {"serve": env, "connect": connect_env}
+
+
+def _add_log_level(parser: argparse.ArgumentParser, env: _FromEnvironment, default: str) -> None:
+    """The one flag every command has; only its default differs (a server says more than a client)."""
+    env.add(
+        parser,
+        "--log-level",
+        "YIELDIO_LOG_LEVEL",
+        default,
+        choices=("debug", "info", "warning", "error"),
+        help="how much to log on stderr",
+    )
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -216,7 +274,9 @@ def _raise_descriptor_limit() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser, from_environment = build_parser()
+    args = parser.parse_args(argv)
+    from_environment[args.command].apply(parser, args, dict(os.environ))
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(message)s",
