@@ -455,7 +455,9 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.mark.skip(reason="needs --listen and env configuration (issue 10), not built yet")
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_image_command_with_the_deployments_environment_answers_nc(image_venv: Path, version: str) -> None:
+def test_image_command_with_the_deployments_environment_answers_nc(
+    image_venv: Path, version: str, tmp_path: Path
+) -> None:
     tool("nc", "netcat-openbsd (apt-get install)")
     runtime = final_stage()
     deployment = deployments()[version]
@@ -492,19 +494,16 @@ def test_image_command_with_the_deployments_environment_answers_nc(image_venv: P
         for probe in ("readinessProbe", "livenessProbe"):
             assert kubelet_probe(spec[probe], real) in ("connected", "success"), probe
 
-        prefix = deployed["YIELDIO_PREFIX"].encode()
+        # every client at once, each reading its line from a file, as `echo world | nc` does
+        world = tmp_path / "world"
+        world.write_bytes(b"world\n")
         for kind, port in listening:
             udp = ["-u", "-W", "1"] if kind == "udp" else ["-N"]  # -W 1: done after one datagram back
-            clients.append(
-                subprocess.Popen(
-                    ["nc", *udp, "-w", "5", "127.0.0.1", str(port)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            )
-        replies = [client.communicate(b"world\n", timeout=15)[0] for client in clients]
-        assert replies == [prefix + b"world\n"] * len(listening)
+            with world.open("rb") as line:
+                command = ["nc", *udp, "-w", "5", "127.0.0.1", str(port)]
+                clients.append(subprocess.Popen(command, stdin=line, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        replies = [client.communicate(timeout=15)[0] for client in clients]
+        assert replies == [deployed["YIELDIO_PREFIX"].encode() + b"world\n"] * len(listening)
 
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
