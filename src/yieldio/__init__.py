@@ -30,7 +30,7 @@ from .core.kernel import Cancelled, Kernel, Task, current_kernel, running_kernel
 from .core.runner import run, tasks
 from .core.scopes import TaskGroup, TaskTimeout, timeout_after
 from .core.traps import current_task, sleep, spawn, wait_readable, wait_writable
-from .io.sockets import Socket, format_address, open_connection, run_in_thread
+from .io.sockets import Socket, connect_staggered, format_address, open_connection, run_in_thread
 from .servers.tcp import serve, tcp_listen, tcp_server
 from .version import __version__
 
@@ -44,6 +44,7 @@ __all__ = [
     "TaskGroup",
     "TaskTimeout",
     "__version__",
+    "connect_staggered",
     "current_kernel",
     "current_task",
     "echo_handler",

@@ -14,22 +14,89 @@ wait costs no allocation.
 Closing goes through :meth:`Socket.close`, which tells the running kernel
 first: the kernel keeps epoll registrations between waits, and a descriptor
 number closed behind its back could be reused by the next socket.
+
+TLS
+---
+
+A TLS connection is the same :class:`Socket`: :meth:`Socket.start_tls` wraps
+the standard socket in an :class:`ssl.SSLSocket` on the same descriptor (so
+the kernel's registrations stay valid) and the methods go on calling it
+optimistically. What changes is what "would block" means, in three ways:
+
+- OpenSSL says :class:`ssl.SSLWantReadError` or :class:`ssl.SSLWantWriteError`
+  instead of ``BlockingIOError``, and what it wants need not match the call. A
+  read may need the socket *writable* (OpenSSL has to send something first: a
+  TLS 1.2 renegotiation, an answer to a key update) and a write may need it
+  *readable* (a handshake message must arrive before it can go on). Every
+  method waits for what OpenSSL asked for, not for what the call is.
+- Readable is not the only sign of data. OpenSSL decrypts a whole record (up to
+  16 KiB) and hands out what was asked for; the rest sits in the SSL object
+  (``pending()``), with nothing left in the kernel's buffer to wake the poll.
+  The optimistic methods try first and find it; :meth:`Socket.wait_readable`
+  looks at ``pending()`` before it parks. The other way round, a readable
+  socket may hold half a record or a session ticket: the read then waits again.
+- A write that had to wait must be repeated with the same bytes (OpenSSL has
+  encrypted some of them already): :meth:`Socket.sendall` retries with the same
+  view. Python does not enable partial TLS writes, so a TLS ``send`` sends all
+  of its data or none.
+
+A plain socket pays for none of this but one attribute test in
+``wait_readable`` (some 30 ns): an ``except`` clause is free until an
+exception is raised (Python 3.11's zero-cost ``try``), and ``BlockingIOError``
+is matched first.
+
+The handshake is a wait like the others, bounded by ``handshake_timeout``
+(default :data:`HANDSHAKE_TIMEOUT`, 10 s) so a peer that connects and says
+nothing cannot hold a task. :meth:`Socket.close` sends ``close_notify`` in one
+attempt that never waits: close is synchronous (``finally`` blocks, context
+managers and the server's bookkeeping call it, and none of them can park),
+and a peer whose receive buffer is full is not reading anyway. There is no
+half-close over TLS (TLS 1.2 has none, and the ssl module's only way to send
+``close_notify``, ``unwrap()``, also reads and throws away whatever the peer
+sent meanwhile), so :meth:`Socket.shutdown_write` refuses. A peer that closes
+without ``close_notify`` reads as end of file, the ssl module's default:
+protocols that must notice truncation frame their messages, as HTTP does.
+
+Contexts yieldio makes (``ssl=True``) accept TLS 1.2 or newer, with the ssl
+module's secure defaults. A context passed in that would accept anything
+older is refused with ``ValueError``: Python's own contexts start at TLS 1.2,
+so only one lowered on purpose is refused, and yieldio promises TLS 1.2.
+
+Happy Eyeballs
+--------------
+
+A name often resolves to several addresses, an IPv6 one first, and an
+unreachable IPv6 route would make a one-at-a-time connect wait minutes before
+it tried IPv4. :func:`connect_staggered` follows RFC 8305: the addresses are
+interleaved by family (the resolver's first family first), one attempt starts
+every ``delay`` seconds (0.25 by default) or as soon as the previous one
+fails, each in a task of its own; the first to connect wins and the others are
+cancelled, which closes their sockets. One address is connected in the
+caller's own task, with no extra task at all.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 import threading
 import types
-from collections.abc import Callable, Generator
-from typing import Any, Self, TypeVar, cast
+from collections.abc import Callable, Generator, Sequence
+from ssl import SSLContext, SSLSocket, SSLWantReadError, SSLWantWriteError, TLSVersion, create_default_context
+from typing import Any, Self, TypeAlias, TypeVar, cast
 
-from ..core.kernel import running_kernel
+from ..core import traps
+from ..core.kernel import Cancelled, Kernel, Task, current_kernel, running_kernel
+from ..core.scopes import TaskTimeout, timeout_after
 
 T = TypeVar("T")
 Waits = Generator[Any, Any, T]
+AddressInfo: TypeAlias = tuple[int, int, int, str, Any]  # as socket.getaddrinfo returns them
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS handshake may take
+HAPPY_EYEBALLS_DELAY = 0.25  # seconds between connection attempts (RFC 8305's recommended value)
 
 
 def _forget(fd: int) -> None:
@@ -47,28 +114,32 @@ def format_address(address: Any) -> str:
 
 
 class Socket:
-    """A non-blocking socket with awaitable ``accept``, ``connect``, ``recv``, ``send``... .
+    """A non-blocking socket with awaitable ``accept``, ``connect``, ``recv``, ``send``... ; TLS or not.
 
-    Every attribute it does not define passes through to the wrapped socket.
+    Every attribute it does not define passes through to the wrapped socket (over TLS, the
+    :class:`ssl.SSLSocket`: ``version()``, ``cipher()``, ``getpeercert()``...).
     """
 
-    __slots__ = ("__weakref__", "_fd", "_sock", "bytes_in", "bytes_out", "readable", "writable")
+    __slots__ = ("__weakref__", "_fd", "_sock", "_tls", "bytes_in", "bytes_out", "readable", "writable")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
+        # The TLS layer once its handshake is done (one given already wrapped is trusted to have one):
+        # what wait_readable asks about buffered plaintext, and what close() sends close_notify through.
+        self._tls = sock if isinstance(sock, SSLSocket) else None
         self._fd = fd = sock.fileno()
         # The two waits, built once: a loop that handles its own reads may ``yield sock.readable``
         # (the tutorial's ``yield 'recv', sock``) and costs no allocation per wait.
         self.readable = ("recv", fd)
         self.writable = ("send", fd)
-        self.bytes_in = 0  # counted for the task list and for idle timeouts
+        self.bytes_in = 0  # counted for the task list and for idle timeouts (plaintext, over TLS)
         self.bytes_out = 0
         _forget(fd)  # a new socket on a reused number: drop the old one's registration
 
     @property
     def socket(self) -> socket.socket:
-        """The wrapped standard socket."""
+        """The wrapped standard socket (an :class:`ssl.SSLSocket` once TLS has started)."""
         return self._sock
 
     def fileno(self) -> int:
@@ -82,6 +153,9 @@ class Socket:
 
     @types.coroutine
     def wait_readable(self) -> Waits[None]:
+        """Park until there is something to read; over TLS, return at once if OpenSSL holds plaintext."""
+        if self._tls is not None and self._tls.pending():
+            return
         yield self.readable
 
     @types.coroutine
@@ -93,8 +167,10 @@ class Socket:
         while True:
             try:
                 data = self._sock.recv(maxsize, flags)
-            except BlockingIOError:
+            except (BlockingIOError, SSLWantReadError):
                 yield self.readable
+            except SSLWantWriteError:
+                yield self.writable
             else:
                 self.bytes_in += len(data)
                 return data
@@ -104,8 +180,10 @@ class Socket:
         while True:
             try:
                 received = self._sock.recv_into(buffer, nbytes, flags)
-            except BlockingIOError:
+            except (BlockingIOError, SSLWantReadError):
                 yield self.readable
+            except SSLWantWriteError:
+                yield self.writable
             else:
                 self.bytes_in += received
                 return received
@@ -115,8 +193,10 @@ class Socket:
         while True:
             try:
                 sent = self._sock.send(data, flags)
-            except BlockingIOError:
+            except (BlockingIOError, SSLWantWriteError):
                 yield self.writable
+            except SSLWantReadError:
+                yield self.readable
             else:
                 self.bytes_out += sent
                 return sent
@@ -126,18 +206,29 @@ class Socket:
         """Send every byte of ``data``, waiting as often as the peer makes it necessary."""
         try:
             sent = self._sock.send(data)
-        except BlockingIOError:
+        except (BlockingIOError, SSLWantWriteError):
             sent = 0
+        except SSLWantReadError:  # TLS: a record must come in before this one can go out
+            yield from self._send_rest(memoryview(data).cast("B"), self.readable)
+            return
         self.bytes_out += sent
         if sent == (data.nbytes if type(data) is memoryview else len(data)):
             return
-        view = memoryview(data).cast("B")[sent:]
+        yield from self._send_rest(memoryview(data).cast("B")[sent:], self.writable)
+
+    def _send_rest(self, view: memoryview, wait: tuple[str, int]) -> Waits[None]:
+        """sendall's slow path: wait (for what the last attempt asked), send, until ``view`` is gone."""
         while view:
-            yield self.writable
+            yield wait
             try:
-                sent = self._sock.send(view)
-            except BlockingIOError:
+                sent = self._sock.send(view)  # over TLS, after a wait: the same bytes again, as OpenSSL requires
+            except (BlockingIOError, SSLWantWriteError):
+                wait = self.writable
                 continue
+            except SSLWantReadError:
+                wait = self.readable
+                continue
+            wait = self.writable
             self.bytes_out += sent
             view = view[sent:]
 
@@ -197,13 +288,70 @@ class Socket:
         if error:
             raise OSError(error, os.strerror(error))
 
+    # -- TLS (see the module's docstring)
+
+    @types.coroutine
+    def start_tls(
+        self,
+        context: SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> Waits[None]:
+        """Upgrade this connection to TLS in place (STARTTLS): run the handshake, then every call is TLS.
+
+        A client verifies the server's certificate against ``server_hostname`` (when the context
+        says so, as :func:`ssl.create_default_context`'s does); a failed verification raises
+        :class:`ssl.SSLCertVerificationError`, whose message names the reason. A handshake not
+        finished within ``handshake_timeout`` seconds raises :class:`TaskTimeout`. Either way the
+        connection is unusable: close it.
+        """
+        if isinstance(self._sock, SSLSocket):
+            raise TypeError(f"start_tls needs a plain socket; {self!r} speaks TLS already")
+        check_tls_version(context)
+        plain = self._sock
+        try:
+            tls = context.wrap_socket(
+                plain, server_side=server_side, server_hostname=server_hostname, do_handshake_on_connect=False
+            )
+        except BaseException:
+            if plain.fileno() < 0:  # the ssl module had taken the descriptor over, then closed it
+                _forget(self._fd)
+            raise
+        self._sock = tls
+        try:
+            yield from timeout_after(handshake_timeout, self._handshake(tls))
+        except TaskTimeout:
+            raise TaskTimeout(f"TLS handshake not done after {handshake_timeout}s") from None
+        self._tls = tls
+
+    @types.coroutine
+    def _handshake(self, tls: SSLSocket) -> Waits[None]:
+        while True:
+            try:
+                tls.do_handshake()
+                return
+            except SSLWantReadError:
+                yield self.readable
+            except SSLWantWriteError:
+                yield self.writable
+
     def shutdown_write(self) -> None:
-        """Half-close: the peer reads EOF, and we can still read what it sends."""
+        """Half-close: the peer reads EOF, and we can still read what it sends. Not over TLS (see the module doc)."""
+        if isinstance(self._sock, SSLSocket):
+            raise TypeError("no half-close over TLS (see yieldio.io.sockets): close() sends close_notify")
         self._sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        """Close the socket; over TLS, send ``close_notify`` first if that can be done without waiting."""
         if self._sock.fileno() >= 0:
             _forget(self._fd)
+            if self._tls is not None:
+                try:
+                    self._tls.unwrap()  # sends close_notify; never waits on a non-blocking socket
+                except (OSError, ValueError):
+                    pass  # it could not be sent, or the peer's is still to come: neither is worth waiting for
         self._sock.close()
 
     async def __aenter__(self) -> Self:
@@ -259,23 +407,175 @@ def _is_numeric(host: str) -> bool:
     return False
 
 
+def check_tls_version(context: SSLContext) -> None:
+    """Refuse (``ValueError``) a context that would accept a protocol older than TLS 1.2."""
+    minimum = context.minimum_version
+    if minimum != TLSVersion.MAXIMUM_SUPPORTED and minimum < TLSVersion.TLSv1_2:
+        raise ValueError(
+            f"this SSLContext accepts {minimum.name}: yieldio speaks TLS 1.2 or newer "
+            "(set context.minimum_version = ssl.TLSVersion.TLSv1_2)"
+        )
+
+
+def _client_context(ssl: SSLContext | bool | None) -> SSLContext | None:
+    """What ``open_connection(ssl=...)`` means: None or False, no TLS; True, the ssl module's secure defaults."""
+    if ssl is None or ssl is False:
+        return None
+    if ssl is True:
+        context = create_default_context()
+        context.minimum_version = TLSVersion.TLSv1_2
+        return context
+    check_tls_version(ssl)
+    return ssl
+
+
+# -- Happy Eyeballs (see the module's docstring)
+
+
+def interleave_families(infos: Sequence[AddressInfo]) -> list[AddressInfo]:
+    """``infos`` in RFC 8305's order: families alternate, starting with the first entry's.
+
+    Within a family the resolver's order is kept: ``[v6a, v6b, v4a]`` becomes ``[v6a, v4a, v6b]``.
+    """
+    by_family: dict[int, list[AddressInfo]] = {}
+    for info in infos:
+        by_family.setdefault(info[0], []).append(info)
+    rounds = itertools.zip_longest(*by_family.values())
+    return [info for round_ in rounds for info in round_ if info is not None]
+
+
 @types.coroutine
-def open_connection(host: str, port: int) -> Waits[Socket]:
-    """A connected :class:`Socket` to ``host:port`` (a name is looked up on a thread)."""
+def _connect_to(info: AddressInfo) -> Waits[Socket]:
+    family, kind, proto, _, address = info
+    sock = Socket(socket.socket(family, kind, proto))
+    try:
+        yield from sock.connect(address)
+    except BaseException:  # refused, cancelled or timed out: don't leave the socket to the garbage collector
+        sock.close()
+        raise
+    return sock
+
+
+class _Race:
+    """Connection attempts under way at once, each a task; this is their supervisor.
+
+    The kernel reports each attempt's end to :meth:`child_done`, which keeps the first socket
+    that connected (closing any later one) and wakes the connecting task.
+    """
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.attempts: dict[Task, Any] = {}  # attempt still under way -> the address it tries
+        self.winner: Socket | None = None
+        self.errors: list[tuple[Any, BaseException]] = []  # (address, why it failed), in the order they failed
+        self.waiting: list[Task] = []  # the connecting task, while it is parked
+        self.over = False  # the connecting task has gone: a socket that connects now is closed at once
+
+    def start(self, info: AddressInfo) -> None:
+        address = info[4]
+        task = self.kernel.spawn(_connect_to(info), name=f"connect {format_address(address)}")
+        task.supervisor = self
+        self.attempts[task] = address
+
+    def child_done(self, task: Task) -> None:
+        address = self.attempts.pop(task)
+        if task.exception is None:
+            if self.winner is None and not self.over:
+                self.winner = task.result
+            else:
+                task.result.close()
+        elif not isinstance(task.exception, Cancelled):
+            self.errors.append((address, task.exception))
+        self.wake()
+
+    def wake(self, _: Any = None) -> None:
+        if self.waiting:
+            self.kernel.wake(self.waiting.pop())
+
+    def failure(self) -> BaseException:
+        """The first attempt's error, with every attempt's in its notes."""
+        if not self.errors:
+            return OSError(errno.ECANCELED, "every connection attempt was cancelled")
+        error = self.errors[0][1]
+        for address, each in self.errors:
+            error.add_note(f"connecting to {format_address(address)}: {each}")
+        return error
+
+    def end(self) -> None:
+        """The connecting task leaves, with the winner or not: cancel the others (which closes their sockets)."""
+        self.over = True
+        for task in self.attempts:
+            self.kernel.cancel_nowait(task)
+        if self.winner is not None:  # connected, but the connecting task was cancelled meanwhile
+            self.winner.close()
+            self.winner = None
+
+
+@types.coroutine
+def connect_staggered(infos: Sequence[AddressInfo], delay: float | None = HAPPY_EYEBALLS_DELAY) -> Waits[Socket]:
+    """Connect to whichever of ``infos`` (``socket.getaddrinfo`` entries) answers first (RFC 8305).
+
+    They are tried in :func:`interleave_families` order; a new attempt starts every ``delay``
+    seconds, or at once when one fails (with ``delay=None``, only then: one at a time). The first
+    socket to connect is returned, the other attempts are cancelled. If every attempt fails, the
+    first error is raised, each attempt's error in its notes.
+    """
+    ordered = interleave_families(infos)
+    if not ordered:
+        raise OSError(errno.EHOSTUNREACH, "no address to connect to")
+    if len(ordered) == 1:
+        return (yield from _connect_to(ordered[0]))
+    race = _Race(current_kernel())
+    try:
+        for info in ordered:
+            race.start(info)
+            timer = None if delay is None else race.kernel.call_later(delay, race.wake)
+            try:
+                yield from traps.park(race.waiting)  # until an attempt ends, or the delay is over
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if race.winner is not None:
+                break
+        while race.winner is None and race.attempts:
+            yield from traps.park(race.waiting)
+        winner, race.winner = race.winner, None
+    finally:
+        race.end()
+    if winner is None:
+        raise race.failure()
+    return winner
+
+
+@types.coroutine
+def open_connection(
+    host: str,
+    port: int,
+    *,
+    ssl: SSLContext | bool | None = None,
+    server_hostname: str | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = HAPPY_EYEBALLS_DELAY,
+) -> Waits[Socket]:
+    """A connected :class:`Socket` to ``host:port``.
+
+    A name is looked up on a thread and its addresses raced as :func:`connect_staggered` does,
+    ``happy_eyeballs_delay`` apart. With ``ssl`` (an :class:`ssl.SSLContext`, or True for
+    :func:`ssl.create_default_context`) the TLS handshake is done before it returns, and the
+    server's certificate checked against ``server_hostname`` (default: ``host``).
+    """
+    context = _client_context(ssl)
     if _is_numeric(host):
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     else:
         infos = yield from run_in_thread(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
-    last_error: OSError | None = None
-    for family, kind, proto, _, address in infos:
-        sock = Socket(socket.socket(family, kind, proto))
+    sock = yield from connect_staggered(infos, happy_eyeballs_delay)
+    if context is not None:
         try:
-            yield from sock.connect(address)
-            return sock
-        except OSError as error:
-            sock.close()
-            last_error = error
-        except BaseException:  # cancelled or timed out: don't leave the socket to the garbage collector
+            yield from sock.start_tls(
+                context, server_hostname=server_hostname or host, handshake_timeout=handshake_timeout
+            )
+        except BaseException:
             sock.close()
             raise
-    raise last_error or OSError(errno.EHOSTUNREACH, f"no address for {host}:{port}")
+    return sock

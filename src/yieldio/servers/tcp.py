@@ -13,7 +13,13 @@ adds is here, around that loop, never inside a connection's per-message path:
 - ``max_clients`` stops accepting while that many connections are open (new
   clients wait in the listen backlog), ``idle_timeout`` closes a connection
   whose peer has sent nothing for that long, measured from the byte counter
-  the socket keeps anyway (no per-message timer, no timer per connection).
+  the socket keeps anyway (no per-message timer, no timer per connection);
+- with ``ssl=context`` each connection's TLS handshake runs in the
+  connection's own task, before the handler is called and within
+  ``handshake_timeout``, so a slow or silent client never holds up the accept
+  loop; a failed handshake is one warning naming the peer and the reason, and
+  closes that connection alone. A plain server's connection task is still the
+  handler itself: the handshake's wrapper exists only when ``ssl`` is given.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import socket
 import time
 import types
 from collections.abc import Callable, Generator
+from ssl import SSLContext
 from typing import Any
 
 from ..core import traps
 from ..core.kernel import Cancelled, Kernel, Task, Timer, current_kernel
-from ..io.sockets import Socket, format_address
+from ..io.sockets import HANDSHAKE_TIMEOUT, Socket, check_tls_version, format_address
 
 log = logging.getLogger("yieldio")
 
@@ -80,13 +87,23 @@ class _Connections:
     moved since ``idle_timeout`` ago is cancelled.
     """
 
-    def __init__(self, kernel: Kernel, handler: Handler, max_clients: int | None, idle_timeout: float | None):
+    def __init__(
+        self,
+        kernel: Kernel,
+        handler: Handler,
+        max_clients: int | None,
+        idle_timeout: float | None,
+        tls: SSLContext | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ):
         self.kernel = kernel
         self.handler = handler
         self.handler_name = getattr(handler, "__qualname__", "handler")
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout
         self.nodelay = False
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
         self.clients: dict[Task, tuple[Socket, Any]] = {}  # connection task -> (its socket, peer address)
         self.slot_waiters: list[Task] = []
         self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
@@ -100,7 +117,8 @@ class _Connections:
         # in child_done when the kernel reports the task's end.
         peer = format_address(address)
         try:
-            task = self.kernel.spawn(self.handler(client, address), name=f"{self.handler_name} {peer}")
+            coro = self.handler(client, address) if self.tls is None else self.handshake_first(client, address)
+            task = self.kernel.spawn(coro, name=f"{self.handler_name} {peer}")
         except Exception:
             log.exception("connection %s: could not start %s", peer, self.handler_name)
             client.close()
@@ -110,6 +128,18 @@ class _Connections:
         log.info("connection from %s", peer)
         if self.idle_timeout:
             self.activity[task] = (client.bytes_in, time.monotonic())
+
+    @types.coroutine
+    def handshake_first(self, client: Socket, address: Any) -> Generator[Any, Any, Any]:
+        """A TLS connection's task: the handshake, then the handler, which a failed handshake never reaches."""
+        assert self.tls is not None
+        try:
+            yield from client.start_tls(self.tls, server_side=True, handshake_timeout=self.handshake_timeout)
+        except OSError as error:  # ssl.SSLError, a reset, or TaskTimeout (a TimeoutError)
+            reason = str(error) or type(error).__name__
+            log.warning("connection %s: TLS handshake failed: %s", format_address(address), reason)
+            return None
+        return (yield from traps.run_awaitable(self.handler(client, address)))
 
     @property
     def open(self) -> int:
@@ -159,13 +189,21 @@ def serve(
     max_clients: int | None = None,
     idle_timeout: float | None = None,
     nodelay: bool = True,
+    ssl: SSLContext | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> Generator[Any, Any, None]:
     """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``.
 
     ``nodelay`` turns off Nagle's algorithm on each TCP connection, as asyncio does: a reply
     goes out at once instead of waiting for the peer's (possibly delayed) acknowledgement.
+
+    ``ssl`` (a server-side :class:`ssl.SSLContext`, accepting TLS 1.2 or newer) makes it a TLS
+    server: ``handler`` gets a :class:`Socket` that reads and writes plaintext, once the
+    handshake is done; a handshake not done within ``handshake_timeout`` seconds fails.
     """
-    connections = _Connections(current_kernel(), handler, max_clients, idle_timeout)
+    if ssl is not None:
+        check_tls_version(ssl)
+    connections = _Connections(current_kernel(), handler, max_clients, idle_timeout, ssl, handshake_timeout)
     connections.nodelay = nodelay and listener.family in (socket.AF_INET, socket.AF_INET6)
     try:
         yield from _accept_forever(listener, connections)
@@ -221,9 +259,19 @@ def tcp_server(
     max_clients: int | None = None,
     idle_timeout: float | None = None,
     nodelay: bool = True,
+    ssl: SSLContext | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> Generator[Any, Any, None]:
-    """Listen on ``address`` and serve each connection with ``handler(client, address)``."""
+    """Listen on ``address`` and serve each connection with ``handler(client, address)`` (over TLS with ``ssl``)."""
     listener = tcp_listen(address, backlog=backlog, reuse_port=reuse_port)
-    log.info("listening on %s", format_address(listener.getsockname()))
+    log.info("listening on %s%s", format_address(listener.getsockname()), " (TLS)" if ssl is not None else "")
     with listener:
-        yield from serve(listener, handler, max_clients=max_clients, idle_timeout=idle_timeout, nodelay=nodelay)
+        yield from serve(
+            listener,
+            handler,
+            max_clients=max_clients,
+            idle_timeout=idle_timeout,
+            nodelay=nodelay,
+            ssl=ssl,
+            handshake_timeout=handshake_timeout,
+        )
