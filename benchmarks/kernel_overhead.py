@@ -52,8 +52,8 @@ class _FakeSocket:
 class _FakeClient:
     def __init__(self, fd: int) -> None:
         self.socket = _FakeSocket()
-        self._readable = ("recv", fd)
-        self._writable = ("send", fd)
+        self.readable = ("recv", fd)
+        self.writable = ("send", fd)
         self.bytes_in = self.bytes_out = 0
 
 
@@ -68,7 +68,7 @@ def measure(rounds: int) -> float:
         kernel.spawn(echo_handler(client, None, prefix=b""))
     start = time.process_time()
     try:
-        kernel.run(handle_signals=False)
+        kernel.run()
     except _Done:
         pass
     return (time.process_time() - start) / (rounds * CONNECTIONS)
