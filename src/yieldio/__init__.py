@@ -31,15 +31,20 @@ from .core.runner import run, tasks
 from .core.scopes import TaskGroup, TaskTimeout, timeout_after
 from .core.traps import current_task, sleep, spawn, wait_readable, wait_writable
 from .io.sockets import Socket, connect_staggered, format_address, open_connection, run_in_thread
+from .io.streams import IncompleteReadError, LimitOverrunError, Stream, StreamBuffer
 from .servers.tcp import serve, tcp_listen, tcp_server
 from .version import __version__
 
 __all__ = [
     "Cancelled",
     "ChunkFramer",
+    "IncompleteReadError",
     "Kernel",
+    "LimitOverrunError",
     "LineFramer",
     "Socket",
+    "Stream",
+    "StreamBuffer",
     "Task",
     "TaskGroup",
     "TaskTimeout",
