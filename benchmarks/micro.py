@@ -10,6 +10,18 @@ What is measured, per framework:
 * ``sendall`` - MiB/s of a 10 MiB ``sendall`` over a socketpair while a
   second task receives it all with ``recv_into`` into a 64 KiB buffer (the
   I/O wait path: readiness, wake-up, syscalls).
+* ``queue``   - items/s through a queue bounded at ``QUEUE_MAXSIZE``: one
+  task puts N items with the blocking put, another gets them with the
+  blocking get (backpressure: the producer parks whenever it is full).
+* ``queue_unbounded`` - the same through an unbounded queue (the producer
+  never has to wait; what it costs to go through the queue at all).
+* ``event``   - round trips/s of a ping-pong between two tasks on two
+  events: set, wait, clear, each way (wake-up of one parked task).
+
+The queue is each library's own: ``asyncio.Queue``, ``curio.Queue``,
+``gevent.queue.Queue``, and for trio a memory channel (it has no queue;
+its ``send`` is always a checkpoint). Trio's events cannot be cleared: its
+ping-pong swaps in a fresh ``trio.Event`` where the others call ``clear()``.
 
 Why a subprocess per framework x benchmark: each gets a fresh interpreter
 pinned to the same CPU (``taskset -c 1``), one framework cannot disturb
@@ -18,7 +30,7 @@ becomes an error in its row instead of ending the run.  Each subprocess runs
 the benchmark several rounds and reports the median.
 
     benchmarks/.venv/bin/python benchmarks/micro.py [--frameworks a,b]
-        [--benchmarks switch,spawn,sendall] [--rounds 5]
+        [--benchmarks switch,spawn,sendall,queue,queue_unbounded,event] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import socket
@@ -46,8 +59,12 @@ BENCHMARKS = {  # name -> (default N, unit)
     "switch": (200_000, "switches/s"),
     "spawn": (50_000, "spawn+join/s"),
     "sendall": (10 * 1024 * 1024, "MiB/s"),
+    "queue": (200_000, "items/s"),
+    "queue_unbounded": (200_000, "items/s"),
+    "event": (100_000, "round trips/s"),
 }
 RECV_BUF = 65536
+QUEUE_MAXSIZE = 16
 CHILD_TIMEOUT_S = 180.0
 
 # ------------------------------------------------- benchmark bodies
@@ -79,6 +96,40 @@ def bench_yieldio(bench: str, n: int) -> float:
             for _ in range(n):
                 task = await yieldio.spawn(trivial())
                 await task.join()
+            return time.perf_counter() - t0
+        if bench in ("queue", "queue_unbounded"):
+            queue: yieldio.Queue[int] = yieldio.Queue(QUEUE_MAXSIZE if bench == "queue" else 0)
+
+            async def consume() -> int:
+                total = 0
+                for _ in range(n):
+                    total += await queue.get()
+                return total
+
+            t0 = time.perf_counter()
+            task = await yieldio.spawn(consume())
+            for _ in range(n):
+                await queue.put(1)
+            total = await task.join()
+            elapsed = time.perf_counter() - t0
+            _check(total, n)
+            return elapsed
+        if bench == "event":
+            ping, pong = yieldio.Event(), yieldio.Event()
+
+            async def ponger() -> None:
+                for _ in range(n):
+                    await ping.wait()
+                    ping.clear()
+                    pong.set()
+
+            t0 = time.perf_counter()
+            task = await yieldio.spawn(ponger())
+            for _ in range(n):
+                ping.set()
+                await pong.wait()
+                pong.clear()
+            await task.join()
             return time.perf_counter() - t0
         a, b = _socketpair()
         with a, b:
@@ -136,6 +187,40 @@ def bench_asyncio(bench: str, n: int, use_uvloop: bool = False) -> float:
             for _ in range(n):
                 await asyncio.create_task(trivial())
             return time.perf_counter() - t0
+        if bench in ("queue", "queue_unbounded"):
+            queue: asyncio.Queue[int] = asyncio.Queue(QUEUE_MAXSIZE if bench == "queue" else 0)
+
+            async def consume() -> int:
+                total = 0
+                for _ in range(n):
+                    total += await queue.get()
+                return total
+
+            t0 = time.perf_counter()
+            task = asyncio.create_task(consume())
+            for _ in range(n):
+                await queue.put(1)
+            total = await task
+            elapsed = time.perf_counter() - t0
+            _check(total, n)
+            return elapsed
+        if bench == "event":
+            ping, pong = asyncio.Event(), asyncio.Event()
+
+            async def ponger() -> None:
+                for _ in range(n):
+                    await ping.wait()
+                    ping.clear()
+                    pong.set()
+
+            t0 = time.perf_counter()
+            ponging = asyncio.create_task(ponger())
+            for _ in range(n):
+                ping.set()
+                await pong.wait()
+                pong.clear()
+            await ponging
+            return time.perf_counter() - t0
         loop = asyncio.get_running_loop()
         a, b = _socketpair()
         with a, b:
@@ -184,6 +269,42 @@ def bench_trio(bench: str, n: int) -> float:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(trivial)
             return time.perf_counter() - t0
+        if bench in ("queue", "queue_unbounded"):
+            sending, receiving = trio.open_memory_channel[int](QUEUE_MAXSIZE if bench == "queue" else math.inf)
+            totals: list[int] = []
+
+            async def consume() -> None:
+                total = 0
+                for _ in range(n):
+                    total += await receiving.receive()
+                totals.append(total)
+
+            t0 = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                for _ in range(n):
+                    await sending.send(1)
+            elapsed = time.perf_counter() - t0
+            _check(totals[0], n)
+            return elapsed
+        if bench == "event":
+            # a trio.Event cannot be cleared: each side swaps in a fresh one before it sets the other's
+            events = {"ping": trio.Event(), "pong": trio.Event()}
+
+            async def ponger() -> None:
+                for _ in range(n):
+                    await events["ping"].wait()
+                    events["ping"] = trio.Event()
+                    events["pong"].set()
+
+            t0 = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ponger)
+                for _ in range(n):
+                    events["ping"].set()
+                    await events["pong"].wait()
+                    events["pong"] = trio.Event()
+            return time.perf_counter() - t0
         a, b = _socketpair()
         sender = trio.SocketStream(trio.socket.from_stdlib_socket(a))
         receiver = trio.socket.from_stdlib_socket(b)
@@ -230,6 +351,40 @@ def bench_curio(bench: str, n: int) -> float:
                 task = await curio.spawn(trivial)
                 await task.join()
             return time.perf_counter() - t0
+        if bench in ("queue", "queue_unbounded"):
+            queue = curio.Queue(QUEUE_MAXSIZE if bench == "queue" else 0)
+
+            async def consume() -> int:
+                total = 0
+                for _ in range(n):
+                    total += await queue.get()
+                return total
+
+            t0 = time.perf_counter()
+            task = await curio.spawn(consume)
+            for _ in range(n):
+                await queue.put(1)
+            total = await task.join()
+            elapsed = time.perf_counter() - t0
+            _check(total, n)
+            return elapsed
+        if bench == "event":
+            ping, pong = curio.Event(), curio.Event()
+
+            async def ponger() -> None:
+                for _ in range(n):
+                    await ping.wait()
+                    ping.clear()
+                    await pong.set()  # curio's set() is a coroutine
+
+            t0 = time.perf_counter()
+            task = await curio.spawn(ponger)
+            for _ in range(n):
+                await ping.set()
+                await pong.wait()
+                pong.clear()
+            await task.join()
+            return time.perf_counter() - t0
         a, b = _socketpair()
         sender, receiver = curio.io.Socket(a), curio.io.Socket(b)
 
@@ -272,6 +427,44 @@ def bench_gevent(bench: str, n: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
             gevent.spawn(trivial).join()
+        return time.perf_counter() - t0
+    if bench in ("queue", "queue_unbounded"):
+        import gevent.queue
+
+        queue: gevent.queue.Queue = gevent.queue.Queue(QUEUE_MAXSIZE if bench == "queue" else None)
+
+        def consume() -> int:
+            total = 0
+            for _ in range(n):
+                total += queue.get()
+            return total
+
+        t0 = time.perf_counter()
+        consumer = gevent.spawn(consume)
+        for _ in range(n):
+            queue.put(1)
+        total = consumer.get()
+        elapsed = time.perf_counter() - t0
+        _check(total, n)
+        return elapsed
+    if bench == "event":
+        import gevent.event
+
+        ping, pong = gevent.event.Event(), gevent.event.Event()
+
+        def ponger() -> None:
+            for _ in range(n):
+                ping.wait()
+                ping.clear()
+                pong.set()
+
+        t0 = time.perf_counter()
+        ponging = gevent.spawn(ponger)
+        for _ in range(n):
+            ping.set()
+            pong.wait()
+            pong.clear()
+        ponging.join()
         return time.perf_counter() - t0
     a, b = gevent.socket.socketpair()
     with a, b:

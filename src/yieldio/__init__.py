@@ -29,6 +29,7 @@ from .core import traps
 from .core.kernel import Cancelled, Kernel, Task, current_kernel, running_kernel
 from .core.runner import run, tasks
 from .core.scopes import TaskGroup, TaskTimeout, timeout_after
+from .core.sync import Condition, Event, Lock, Queue, QueueClosed, QueueEmpty, QueueFull, Semaphore
 from .core.traps import current_task, sleep, spawn, wait_readable, wait_writable
 from .io.sockets import Socket, connect_staggered, format_address, open_connection, run_in_thread
 from .io.streams import IncompleteReadError, LimitOverrunError, Stream, StreamBuffer
@@ -38,10 +39,18 @@ from .version import __version__
 __all__ = [
     "Cancelled",
     "ChunkFramer",
+    "Condition",
+    "Event",
     "IncompleteReadError",
     "Kernel",
     "LimitOverrunError",
     "LineFramer",
+    "Lock",
+    "Queue",
+    "QueueClosed",
+    "QueueEmpty",
+    "QueueFull",
+    "Semaphore",
     "Socket",
     "Stream",
     "StreamBuffer",
