@@ -13,7 +13,7 @@ import yieldio
 from yieldio import Cancelled, Kernel, TaskGroup, TaskTimeout, sleep, spawn, tasks, timeout_after
 from yieldio.kernel import SelectorPoller
 
-from .conftest import raise_nofile
+from .harness import raise_nofile
 
 
 def test_run_returns_result_and_propagates_exception() -> None:
@@ -161,7 +161,7 @@ def test_cancelled_is_not_caught_by_except_exception() -> None:
     async def stubborn() -> str:
         try:
             await sleep(100)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the point: Cancelled must get through it
             return "swallowed"
         return "not reached"
 

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from .conftest import recv_all, start_server
+from .harness import ProcessServers, ServerProcess, connect, exchange
 
 
 def _children(pid: int, count: int, timeout: float = 10.0) -> list[psutil.Process]:
@@ -22,33 +22,28 @@ def _children(pid: int, count: int, timeout: float = 10.0) -> list[psutil.Proces
         time.sleep(0.05)  # polling the process table until the restart happened; bounded
 
 
-def _echo(port: int, text: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
-        c.sendall(text)
-        c.shutdown(socket.SHUT_WR)
-        return recv_all(c)
+def _echo(server: ServerProcess, text: bytes) -> bytes:
+    with connect(server.address) as sock:
+        return exchange(sock, text)
 
 
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="SO_REUSEPORT needed")
-def test_workers_share_the_port_restart_and_stop_on_sigterm() -> None:
-    server = start_server("--workers", "3")
-    try:
-        workers = _children(server.proc.pid, 3)
-        assert len(workers) == 3
-        for i in range(30):  # spread across the workers by the kernel's hash
-            assert _echo(server.port, b"n%d" % i) == b"GOT:n%d" % i
-        victim = workers[0]
-        os.kill(victim.pid, signal.SIGKILL)
-        server.read_log_until(b"worker %d exited (killed by SIGKILL)" % victim.pid)
-        server.read_log_until(b"restarting it")
-        replaced = _children(server.proc.pid, 3)
-        assert len(replaced) == 3 and victim.pid not in {w.pid for w in replaced}
-        for i in range(30):
-            assert _echo(server.port, b"m%d" % i) == b"GOT:m%d" % i
-        assert server.stop(signal.SIGTERM, timeout=15) == 0
-        log = server.rest_of_log()
-        assert log.count(b"SIGTERM received: shutting down") == 3
-        assert b"Traceback" not in log
-        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in replaced)
-    finally:
-        server.stop(signal.SIGKILL)
+def test_workers_share_the_port_restart_and_stop_on_sigterm(serve_process: ProcessServers) -> None:
+    server = serve_process("--workers", "3")
+    workers = _children(server.pid, 3)
+    assert len(workers) == 3
+    for i in range(30):  # spread across the workers by the kernel's hash
+        assert _echo(server, b"n%d" % i) == b"GOT:n%d" % i
+    victim = workers[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    server.wait_log(b"worker %d exited (killed by SIGKILL)" % victim.pid)
+    server.wait_log(b"restarting it")
+    replaced = _children(server.pid, 3)
+    assert len(replaced) == 3 and victim.pid not in {w.pid for w in replaced}
+    for i in range(30):
+        assert _echo(server, b"m%d" % i) == b"GOT:m%d" % i
+    assert server.stop(signal.SIGTERM, timeout=15) == 0
+    log = server.output()
+    assert log.count(b"SIGTERM received: shutting down") == 3
+    assert b"Traceback" not in log
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in replaced)

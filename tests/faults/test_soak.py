@@ -24,7 +24,7 @@ from collections import Counter
 
 import pytest
 
-from .conftest import MiB, connect, exchange, record, recv_exactly, reset, roundtrip
+from ..harness import MiB, ProcessServers, connect, exchange, record, recv_exactly, reset, roundtrip
 
 SOAK_SECONDS = float(os.environ.get("YIELDIO_SOAK_SECONDS", "60"))
 WARMUP_SECONDS = 5.0
@@ -158,8 +158,8 @@ class Load:
 
 
 @pytest.mark.timeout(150)
-def test_soak_60s_mixed_load_with_churn_leaks_nothing(spawn) -> None:  # type: ignore[no-untyped-def]
-    server = spawn("--prefix", "", "--idle-timeout", str(IDLE_TIMEOUT), "--log-level", "warning")
+def test_soak_60s_mixed_load_with_churn_leaks_nothing(serve_process: ProcessServers) -> None:
+    server = serve_process("--prefix", "", "--idle-timeout", str(IDLE_TIMEOUT), "--log-level", "warning")
     rss_cold = server.rss()
 
     # warm-up: the same traffic briefly, so what the server allocates once is allocated before the baseline
@@ -219,9 +219,9 @@ def test_soak_60s_mixed_load_with_churn_leaks_nothing(spawn) -> None:  # type: i
 
 
 @pytest.mark.timeout(90)
-def test_connection_churn_with_a_long_idle_timeout_keeps_memory_bounded(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_connection_churn_with_a_long_idle_timeout_keeps_memory_bounded(serve_process: ProcessServers) -> None:
     # 30,000 short connections, never more than two open at once, with the idle timeout at 60 s
-    server = spawn("--idle-timeout", "60", "--log-level", "warning")
+    server = serve_process("--idle-timeout", "60", "--log-level", "warning")
     with connect(server.address) as warm:
         roundtrip(warm, b"warm", b"GOT:warm")
     server.idle_baseline()
