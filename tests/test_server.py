@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -103,19 +104,27 @@ def test_idle_timeout_closes_silent_connections_only(serve_thread: ThreadServers
     silent = connect(server.address)
     chatty = connect(server.address)
     stop = threading.Event()
+    replies: list[bytes] = []  # checked here, not in the thread: a failed assert there would fail nothing
+    failures: list[BaseException] = []
 
     def chat() -> None:
-        while not stop.wait(0.05):
-            chatty.sendall(b"x")
-            assert chatty.recv(10)
+        try:
+            while not stop.wait(0.05):  # the chatty client's pace, well inside the idle timeout
+                chatty.sendall(b"x")
+                replies.append(chatty.recv(10))
+        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            failures.append(error)
 
-    talker = threading.Thread(target=chat)
+    talker = threading.Thread(target=chat, name="chatty client")
     talker.start()
     try:
         assert silent.recv(10) == b""  # closed by the server
     finally:
         stop.set()
         talker.join(5)
+    assert not talker.is_alive()
+    assert not failures, failures
+    assert replies and all(reply == b"X" for reply in replies), replies  # never closed, never silent
     chatty.sendall(b"alive")
     assert recv_exactly(chatty, 5) == b"ALIVE"
     silent.close()
@@ -128,7 +137,11 @@ def test_handler_may_sleep_and_server_keeps_accepting(serve_thread: ThreadServer
         await client.sendall(b"slow")
 
     server = serve_thread(slow)
+    started = time.monotonic()
     clients = [connect(server.address) for _ in range(20)]
     assert [recv_all(c) for c in clients] == [b"slow"] * 20
+    elapsed = time.monotonic() - started
     for c in clients:
         c.close()
+    # the 20 sleeps overlap: one after the other they would take 4 s
+    assert elapsed < 2.0, f"20 clients took {elapsed:.1f}s"
