@@ -228,19 +228,28 @@ def test_connection_churn_with_a_long_idle_timeout_keeps_memory_bounded(serve_pr
     rss_before = server.rss()
     target, done = 30_000, [0, 0]
     deadline = time.monotonic() + 60
+    failures: list[str] = []  # reported here: a failed assert in a thread would fail nothing
 
     def churn(n: int) -> None:
-        while done[n] < target // 2 and time.monotonic() < deadline:
-            with socket.create_connection(server.address, timeout=10) as sock:
-                sock.sendall(b"x")
-                assert recv_exactly(sock, 5) == b"GOT:x"
-            done[n] += 1
+        try:
+            while done[n] < target // 2 and time.monotonic() < deadline:
+                with socket.create_connection(server.address, timeout=10) as sock:
+                    sock.sendall(b"x")
+                    reply = recv_exactly(sock, 5)
+                if reply != b"GOT:x":
+                    failures.append(f"connection {done[n]} of thread {n}: {reply!r}")
+                    return
+                done[n] += 1
+        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            failures.append(f"connection {done[n]} of thread {n}: {error!r}")
 
-    threads = [threading.Thread(target=churn, args=(n,)) for n in range(2)]
+    threads = [threading.Thread(target=churn, args=(n,), name=f"churn {n}") for n in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(70)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not failures, failures
     assert sum(done) == target, f"only {sum(done)} connections in time"
     server.idle_baseline()  # every one of them is closed on the server's side too
     growth = server.rss() - rss_before
