@@ -4,31 +4,23 @@ from __future__ import annotations
 
 import fcntl
 import os
-import selectors
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
-from .conftest import free_port, python_env
-
-MIB = 1024 * 1024
-
-
-def connect_command() -> tuple[str, ...]:
-    return (sys.executable, "-m", "yieldio", "connect")
+from .harness import MiB, ProcessServers, ServerProcess, python_env, read_until, refused_port, yieldio_command
 
 
 def run_connect(*args: str, timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-    command = [*connect_command(), *args]
+    command = yieldio_command("connect", *args)
     return subprocess.run(command, check=False, env=python_env(), capture_output=True, timeout=timeout, **kwargs)
 
 
@@ -40,13 +32,13 @@ class Processes:
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         options: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-        proc = subprocess.Popen([*connect_command(), *args], env=python_env(), **{**options, **kwargs})
+        proc = subprocess.Popen(yieldio_command("connect", *args), env=python_env(), **{**options, **kwargs})
         self.started.append(proc)
         return proc
 
     def terminal(self, *args: str) -> pexpect.spawn:
-        command = connect_command()
-        child = pexpect.spawn(command[0], [*command[1:], *args], env=python_env(), timeout=10)
+        command = yieldio_command("connect", *args)
+        child = pexpect.spawn(command[0], command[1:], env=python_env(), timeout=10)
         self.started.append(child)
         return child
 
@@ -57,7 +49,7 @@ class Processes:
                     proc.close(force=True)
             elif proc.poll() is None:
                 proc.kill()
-                proc.wait()
+                proc.wait(10)
 
 
 @pytest.fixture
@@ -65,23 +57,6 @@ def processes() -> Iterator[Processes]:
     started = Processes()
     yield started
     started.stop_all()
-
-
-def read_until(fd: int, expected: bytes, timeout: float = 10.0) -> bytes:
-    """Read ``fd`` until ``expected`` has arrived (fail after ``timeout``)."""
-    received = bytearray()
-    end = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while expected not in received:
-            left = end - time.monotonic()
-            if left <= 0 or not selector.select(left):
-                raise AssertionError(f"{expected!r} did not arrive in {timeout}s; got {bytes(received)!r}")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise AssertionError(f"EOF before {expected!r}; got {bytes(received)!r}")
-            received += chunk
-    return bytes(received)
 
 
 def finish(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> tuple[int, bytes, bytes]:
@@ -104,22 +79,22 @@ def terminal_exit(child: pexpect.spawn) -> tuple[int | None, str]:
 # -- (a) in a pipe -------------------------------------------------------------------
 
 
-def test_piped_line_is_answered_and_the_client_exits_0(echo_server) -> None:  # type: ignore[no-untyped-def]
+def test_piped_line_is_answered_and_the_client_exits_0(echo_server: ServerProcess) -> None:
     result = run_connect("127.0.0.1", str(echo_server.port), input=b"Hello\n")
     assert (result.returncode, result.stdout, result.stderr) == (0, b"GOT:Hello\n", b"")
 
 
-def test_piped_lines_each_answered(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory("--framing", "line")
+def test_piped_lines_each_answered(serve_process: ProcessServers) -> None:
+    server = serve_process("--framing", "line")
     result = run_connect("127.0.0.1", str(server.port), input=b"one\ntwo\nthree\n")
     assert (result.returncode, result.stdout, result.stderr) == (0, b"GOT:one\nGOT:two\nGOT:three\n", b"")
 
 
-def test_a_mebibyte_of_lines_arrives_whole_and_in_order(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory("--framing", "line", "--log-level", "warning")
+def test_a_mebibyte_of_lines_arrives_whole_and_in_order(serve_process: ProcessServers) -> None:
+    server = serve_process("--framing", "line", "--log-level", "warning")
     lines: list[bytes] = []
     size = 0
-    while size < MIB:
+    while size < MiB:
         lines.append(b"line %07d of the big input\n" % len(lines))
         size += len(lines[-1])
     result = run_connect("127.0.0.1", str(server.port), input=b"".join(lines))
@@ -127,15 +102,15 @@ def test_a_mebibyte_of_lines_arrives_whole_and_in_order(server_factory) -> None:
     assert result.stdout == b"".join(b"GOT:" + line for line in lines)
 
 
-def test_binary_megabytes_pass_through_a_plain_echo_unchanged(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory("--prefix", "", "--log-level", "warning")
-    payload = os.urandom(4 * MIB)
+def test_binary_megabytes_pass_through_a_plain_echo_unchanged(serve_process: ProcessServers) -> None:
+    server = serve_process("--prefix", "", "--log-level", "warning")
+    payload = os.urandom(4 * MiB)
     result = run_connect("127.0.0.1", str(server.port), input=payload)
     assert result.returncode == 0, result.stderr
     assert result.stdout == payload
 
 
-def test_replies_are_printed_while_input_is_still_open(echo_server, processes) -> None:  # type: ignore[no-untyped-def]
+def test_replies_are_printed_while_input_is_still_open(echo_server: ServerProcess, processes: Processes) -> None:
     client = processes.popen("127.0.0.1", str(echo_server.port))
     assert client.stdin and client.stdout
     for line in (b"Hello\n", b"second line\n"):
@@ -146,12 +121,12 @@ def test_replies_are_printed_while_input_is_still_open(echo_server, processes) -
     assert finish(client) == (0, b"", b"")
 
 
-def test_stdin_from_dev_null_sends_nothing_and_exits_0(echo_server) -> None:  # type: ignore[no-untyped-def]
+def test_stdin_from_dev_null_sends_nothing_and_exits_0(echo_server: ServerProcess) -> None:
     result = run_connect("127.0.0.1", str(echo_server.port), stdin=subprocess.DEVNULL)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
 
 
-def test_stdin_from_a_regular_file_which_epoll_cannot_watch(echo_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_stdin_from_a_regular_file_which_epoll_cannot_watch(echo_server: ServerProcess, tmp_path: Path) -> None:
     text = tmp_path / "input.txt"
     text.write_bytes(b"Hello\n")
     with text.open("rb") as stdin:
@@ -160,7 +135,7 @@ def test_stdin_from_a_regular_file_which_epoll_cannot_watch(echo_server, tmp_pat
 
 
 @pytest.mark.parametrize("ending", ["end of input", "SIGINT", "SIGTERM"])
-def test_stdin_is_made_blocking_again_on_exit(echo_server, processes, ending: str) -> None:  # type: ignore[no-untyped-def]
+def test_stdin_is_made_blocking_again_on_exit(echo_server: ServerProcess, processes: Processes, ending: str) -> None:
     # O_NONBLOCK belongs to the open pipe, which this process shares with the client: it sees the flag too
     read_end, write_end = os.pipe()
     try:
@@ -189,7 +164,7 @@ def test_stdin_is_made_blocking_again_on_exit(echo_server, processes, ending: st
 # -- (b) on a terminal ---------------------------------------------------------------
 
 
-def test_terminal_lines_are_answered_and_ctrl_d_exits_0(echo_server, processes) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_lines_are_answered_and_ctrl_d_exits_0(echo_server: ServerProcess, processes: Processes) -> None:
     child = processes.terminal("127.0.0.1", str(echo_server.port))
     child.sendline("Hello")
     child.expect_exact("GOT:Hello", timeout=10)
@@ -201,7 +176,9 @@ def test_terminal_lines_are_answered_and_ctrl_d_exits_0(echo_server, processes) 
     assert "Traceback" not in rest and "yieldio:" not in rest
 
 
-def test_terminal_ctrl_d_after_a_partial_line_sends_it_and_a_second_ends(echo_server, processes) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_ctrl_d_after_a_partial_line_sends_it_and_a_second_ends(
+    echo_server: ServerProcess, processes: Processes
+) -> None:
     child = processes.terminal("127.0.0.1", str(echo_server.port))
     child.send("no newline")
     child.sendeof()  # the terminal hands over the partial line: not the end of input yet
@@ -211,7 +188,7 @@ def test_terminal_ctrl_d_after_a_partial_line_sends_it_and_a_second_ends(echo_se
     assert terminal_exit(child)[0] == 0
 
 
-def test_terminal_ctrl_c_exits_130_without_a_traceback(echo_server, processes) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_ctrl_c_exits_130_without_a_traceback(echo_server: ServerProcess, processes: Processes) -> None:
     child = processes.terminal("127.0.0.1", str(echo_server.port))
     child.sendline("Hello")
     child.expect_exact("GOT:Hello", timeout=10)
@@ -222,7 +199,7 @@ def test_terminal_ctrl_c_exits_130_without_a_traceback(echo_server, processes) -
     assert "Traceback" not in rest and "Error" not in rest and "yieldio:" not in rest
 
 
-def test_terminal_server_closing_first_ends_with_a_note_and_0(echo_server, processes) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_server_closing_first_ends_with_a_note_and_0(echo_server: ServerProcess, processes: Processes) -> None:
     child = processes.terminal("127.0.0.1", str(echo_server.port))
     child.sendline("Hello")
     child.expect_exact("GOT:Hello", timeout=10)
@@ -237,18 +214,18 @@ def test_terminal_server_closing_first_ends_with_a_note_and_0(echo_server, proce
 
 
 def test_refused_connection_is_one_line_and_exit_1() -> None:
-    port = free_port()
-    result = run_connect("127.0.0.1", str(port), stdin=subprocess.DEVNULL)
+    with refused_port() as port:
+        result = run_connect("127.0.0.1", str(port), stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert result.stdout == b""
     assert result.stderr == f"yieldio: cannot connect to 127.0.0.1:{port}: Connection refused\n".encode()
 
 
 def test_unknown_host_is_one_line_and_exit_1() -> None:
-    result = run_connect("no.such.host.invalid", "25000", stdin=subprocess.DEVNULL)
+    result = run_connect("no.such.host.invalid", "7", stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert result.stdout == b""
-    assert result.stderr.startswith(b"yieldio: cannot connect to no.such.host.invalid:25000: ")
+    assert result.stderr.startswith(b"yieldio: cannot connect to no.such.host.invalid:7: ")
     assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
 
 
@@ -258,7 +235,7 @@ def test_unknown_host_is_one_line_and_exit_1() -> None:
         (["127.0.0.1", "http"], b"must be a number"),
         (["127.0.0.1", "0"], b"between 1 and 65535"),
         (["127.0.0.1"], b"required"),
-        (["127.0.0.1", "25000", "--bogus"], b"unrecognized arguments"),
+        (["127.0.0.1", "7", "--bogus"], b"unrecognized arguments"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: bytes) -> None:
@@ -271,7 +248,9 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: bytes) 
 # -- (d) the server ends the connection -----------------------------------------------
 
 
-def test_server_stopped_while_client_is_connected_exits_0_with_a_note(echo_server, processes) -> None:  # type: ignore[no-untyped-def]
+def test_server_stopped_while_client_is_connected_exits_0_with_a_note(
+    echo_server: ServerProcess, processes: Processes
+) -> None:
     client = processes.popen("127.0.0.1", str(echo_server.port))
     assert client.stdin and client.stdout
     client.stdin.write(b"Hello\n")
@@ -303,7 +282,7 @@ def _one_shot_server(reset: bool) -> tuple[int, threading.Thread, socket.socket]
     return listener.getsockname()[1], thread, listener
 
 
-def test_listener_that_closes_at_once_ends_the_session_with_a_note(processes) -> None:  # type: ignore[no-untyped-def]
+def test_listener_that_closes_at_once_ends_the_session_with_a_note(processes: Processes) -> None:
     port, thread, listener = _one_shot_server(reset=False)
     with listener:
         client = processes.popen("127.0.0.1", str(port))
@@ -311,7 +290,7 @@ def test_listener_that_closes_at_once_ends_the_session_with_a_note(processes) ->
         thread.join(10)
 
 
-def test_reset_connection_is_one_line_and_exit_1(processes) -> None:  # type: ignore[no-untyped-def]
+def test_reset_connection_is_one_line_and_exit_1(processes: Processes) -> None:
     port, thread, listener = _one_shot_server(reset=True)
     with listener:
         client = processes.popen("127.0.0.1", str(port))

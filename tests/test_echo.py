@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
-import threading
+from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import yieldio
 from yieldio import ChunkFramer, LineFramer
 from yieldio.apps.echo import make_framer
 
-from .conftest import recv_all
+from .harness import ServerThread, connect, recv_all, recv_exactly, split_line_replies
 
 
-def strip_prefixes(reply: bytes, prefix: bytes, framing: str, max_line: int) -> bytes:
-    """Undo the framing: what the client sent, if nothing was lost, duplicated or reordered."""
-    if framing == "chunk":
-        # chunk replies can't be split without knowing chunk sizes; the framer tests cover those
-        raise AssertionError("use the framer directly for chunk framing")
-    out = bytearray()
-    pos = 0
-    while pos < len(reply):
-        assert reply.startswith(prefix, pos), (reply[pos : pos + 20], prefix)
-        pos += len(prefix)
-        newline = reply.find(b"\n", pos, pos + max_line)
-        end = newline + 1 if newline >= 0 else min(pos + max_line, len(reply))
-        out += reply[pos:end]
-        pos = end
-    return bytes(out)
+def strip_prefixes(reply: bytes, prefix: bytes, max_line: int) -> bytes:
+    """Undo line framing: what the client sent, if nothing was lost, duplicated or reordered.
+
+    (Chunk replies can't be split without knowing the chunk sizes; the framer tests cover those.)
+    """
+    return b"".join(split_line_replies(reply, prefix, max_line))
 
 
 def test_chunk_framer_prefixes_each_chunk() -> None:
@@ -72,10 +64,12 @@ def test_make_framer_rejects_unknown_framing() -> None:
     max_line=st.integers(min_value=1, max_value=64),
     framing=st.sampled_from(["chunk", "line"]),
 )
-def test_framers_lose_nothing_for_any_split(data: bytes, cuts: list[int], prefix: bytes, max_line: int, framing: str) -> None:
+def test_framers_lose_nothing_for_any_split(
+    data: bytes, cuts: list[int], prefix: bytes, max_line: int, framing: str
+) -> None:
     framer = make_framer(framing, prefix, max_line)  # type: ignore[arg-type]
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
     recovered = bytearray()
     for piece in pieces:
         reply = framer.feed(piece)
@@ -83,76 +77,49 @@ def test_framers_lose_nothing_for_any_split(data: bytes, cuts: list[int], prefix
             assert reply == (prefix + piece if piece else b"")
             recovered += piece
         else:
-            recovered += strip_prefixes(reply, prefix, "line", max_line) if prefix else reply
+            recovered += strip_prefixes(reply, prefix, max_line) if prefix else reply
     tail = framer.close()
     if framing == "line":
-        recovered += strip_prefixes(tail, prefix, "line", max_line) if prefix else tail
+        recovered += strip_prefixes(tail, prefix, max_line) if prefix else tail
     assert bytes(recovered) == data
 
 
-class InProcessServer:
-    """yieldio's echo server on a thread of this process (no signals there), for fast property tests."""
-
-    def __init__(self, **echo: object) -> None:
-        self.listener = yieldio.tcp_listen(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()
-        handler = yieldio.make_echo_handler(**echo)  # type: ignore[arg-type]
-        self.stop_read, self.stop_write = socket.socketpair()
-
-        async def main() -> None:
-            async with yieldio.TaskGroup() as group:
-                server = await group.spawn(yieldio.serve(self.listener, handler))
-                await yieldio.wait_readable(self.stop_read)
-                await server.cancel()
-            self.listener.close()
-
-        self.thread = threading.Thread(target=yieldio.run, args=(main,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop_write.send(b"x")
-        self.thread.join(10)
-        self.stop_read.close()
-        self.stop_write.close()
+@pytest.fixture(scope="module")
+def line_server() -> Iterator[ServerThread]:
+    with ServerThread(yieldio.make_echo_handler(prefix=b"GOT:", framing="line", max_line=50)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def line_server():  # type: ignore[no-untyped-def]
-    server = InProcessServer(prefix=b"GOT:", framing="line", max_line=50)
-    yield server
-    server.close()
+def plain_server() -> Iterator[ServerThread]:
+    with ServerThread(yieldio.make_echo_handler(prefix=b"", framing="chunk")) as server:
+        yield server
 
 
-@pytest.fixture(scope="module")
-def plain_server():  # type: ignore[no-untyped-def]
-    server = InProcessServer(prefix=b"", framing="chunk")
-    yield server
-    server.close()
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None)
 @given(
     messages=st.lists(st.binary(min_size=0, max_size=400), min_size=1, max_size=8),
     cuts=st.lists(st.integers(min_value=0, max_value=3200), max_size=12),
 )
-def test_real_sockets_random_messages_random_splits(line_server, plain_server, messages, cuts) -> None:  # type: ignore[no-untyped-def]
+def test_real_sockets_random_messages_random_splits(
+    line_server: ServerThread, plain_server: ServerThread, messages: list[bytes], cuts: list[int]
+) -> None:
     data = b"".join(messages)
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
     for server, framing in ((line_server, "line"), (plain_server, "chunk")):
-        with socket.create_connection(server.address, timeout=10) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for a, b in zip(bounds, bounds[1:]):
+        with connect(server.address) as sock:
+            for a, b in itertools.pairwise(bounds):
                 sock.sendall(data[a:b])
             sock.shutdown(socket.SHUT_WR)  # half-close: we must still get the echo of everything
             reply = recv_all(sock)
-        recovered = strip_prefixes(reply, b"GOT:", "line", 50) if framing == "line" else reply
+        recovered = strip_prefixes(reply, b"GOT:", 50) if framing == "line" else reply
         assert recovered == data
 
 
-def test_line_framing_over_a_socket_answers_each_line(line_server) -> None:  # type: ignore[no-untyped-def]
-    with socket.create_connection(line_server.address, timeout=10) as sock:
+def test_line_framing_over_a_socket_answers_each_line(line_server: ServerThread) -> None:
+    with connect(line_server.address) as sock:
         sock.sendall(b"Hello\nWor")
-        assert recv_all(sock, 10) == b"GOT:Hello\n"
+        assert recv_exactly(sock, 10) == b"GOT:Hello\n"
         sock.sendall(b"ld\npartial")
         sock.shutdown(socket.SHUT_WR)
         assert recv_all(sock) == b"GOT:World\nGOT:partial"

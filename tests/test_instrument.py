@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import socket
@@ -12,7 +13,7 @@ import yieldio
 from yieldio import Kernel, sleep, spawn
 from yieldio.core.instrument import Instrument, task_table
 
-from .conftest import python_env, recv_all
+from .harness import ProcessServers, ServerProcess, connect, python_env, recv_exactly
 
 
 class Recorder(Instrument):
@@ -70,52 +71,27 @@ def test_task_table_lists_states() -> None:
     assert re.search(r"main\s+running", table)
 
 
-def _serve(*args: str) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "yieldio", "serve", "--port", "0", *args],
-        env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    line = proc.stderr.readline()
-    match = re.search(rb"listening on 127.0.0.1:(\d+)", line)
-    assert match, line
-    return proc, int(match.group(1))
-
-
-def _read_until(proc: subprocess.Popen[bytes], pattern: bytes) -> bytes:
-    assert proc.stderr is not None
-    seen = b""
-    while pattern not in seen:
-        line = proc.stderr.readline()
-        assert line, f"{pattern!r} never logged; got:\n{seen.decode()}"
-        seen += line
-    return seen
-
-
-def test_trace_of_two_clients_shows_events_in_a_valid_order() -> None:
-    proc, port = _serve("--trace")
-    try:
-        a = socket.create_connection(("127.0.0.1", port), timeout=5)
-        b = socket.create_connection(("127.0.0.1", port), timeout=5)
-        for c, text in ((a, b"one"), (b, b"two")):
-            c.sendall(text)
-            assert recv_all(c, 4 + len(text)) == b"GOT:" + text
-        a_port, b_port = a.getsockname()[1], b.getsockname()[1]
-        a.close()
-        b.close()
-        trace = _read_until(proc, "finish    #".encode()) + _read_until(proc, b"connection closed 127.0.0.1:%d" % b_port)
-        trace += _read_until(proc, b"connection closed 127.0.0.1:%d" % a_port) if b"closed 127.0.0.1:%d" % a_port not in trace else b""
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    lines = trace.decode().splitlines()
-    for peer_port in (a_port, b_port):
+def test_trace_of_two_clients_shows_events_in_a_valid_order(serve_process: ProcessServers) -> None:
+    server = serve_process("--trace")
+    a = connect(server.address)
+    b = connect(server.address)
+    for c, text in ((a, b"one"), (b, b"two")):
+        c.sendall(text)
+        assert recv_exactly(c, 4 + len(text)) == b"GOT:" + text
+    peer_ports = a.getsockname()[1], b.getsockname()[1]
+    a.close()
+    b.close()
+    for peer_port in peer_ports:  # logged after the handler's "finish" event
+        server.wait_log(b"connection closed 127.0.0.1:%d" % peer_port)
+    assert server.stop(signal.SIGTERM) == 0
+    lines = server.text().splitlines()
+    for peer_port in peer_ports:
         name = f"echo_handler 127.0.0.1:{peer_port}"
         events = [line.split()[1] for line in lines if name in line and re.match(r"\s*\d+\.\d+\s", line)]
         # spawned, run, parked, woken by the poll, run ... finished; each wake precedes a run
         assert events[0] == "spawn" and events[-1] == "finish", events
         assert "wake" in events and "yield" in events
-        for earlier, later in zip(events, events[1:]):
+        for earlier, later in itertools.pairwise(events):
             if later == "run":
                 assert earlier in ("spawn", "wake", "yield"), events
         assert any("poll: fd" in line and name in line for line in lines)
@@ -126,24 +102,22 @@ def test_trace_of_two_clients_shows_events_in_a_valid_order() -> None:
 def test_yieldio_trace_env_traces_any_program() -> None:
     code = "import yieldio\nasync def main():\n    await yieldio.sleep(0.01)\nyieldio.run(main)\n"
     env = python_env() | {"YIELDIO_TRACE": "1"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=20)
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=20
+    )
     assert result.returncode == 0
     assert re.search(r"wake\s+#1\s+main\s+timer", result.stderr)
 
 
-def test_sigusr1_logs_the_task_table_with_peers_and_keeps_serving() -> None:
-    proc, port = _serve()
-    try:
-        c = socket.create_connection(("127.0.0.1", port), timeout=5)
+def test_sigusr1_logs_the_task_table_with_peers_and_keeps_serving(echo_server: ServerProcess) -> None:
+    with connect(echo_server.address) as c:
         c.sendall(b"hello")
-        assert recv_all(c, 9) == b"GOT:hello"
-        peer_port = c.getsockname()[1]
-        proc.send_signal(signal.SIGUSR1)
-        table = _read_until(proc, b"127.0.0.1:%d  5" % peer_port).decode()
-        assert re.search(rf"echo_handler 127.0.0.1:{peer_port}\s+waiting to read fd \d+\s+\S+s\s+127.0.0.1:{peer_port}\s+5\s+9", table)
+        assert recv_exactly(c, 9) == b"GOT:hello"
+        peer = re.escape(b"127.0.0.1:%d" % c.getsockname()[1])
+        echo_server.proc.send_signal(signal.SIGUSR1)
+        # the connection's row: its task, its state, its age, its peer, bytes in and out
+        row = re.compile(rb"echo_handler %s\s+waiting to read fd \d+\s+\S+s\s+%s\s+5\s+9" % (peer, peer))
+        echo_server.wait_log(row)
         c.sendall(b"again")
-        assert recv_all(c, 9) == b"GOT:again"
-        c.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert recv_exactly(c, 9) == b"GOT:again"
+    assert echo_server.stop(signal.SIGTERM) == 0

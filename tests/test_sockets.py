@@ -12,9 +12,7 @@ import pytest
 import yieldio
 from yieldio import Socket, TaskGroup, open_connection, run_in_thread, sleep, spawn
 
-from .conftest import free_port
-
-MIB = 1024 * 1024
+from .harness import MiB, refused_port
 
 
 def _listener(host: str = "127.0.0.1") -> Socket:
@@ -22,7 +20,7 @@ def _listener(host: str = "127.0.0.1") -> Socket:
 
 
 def test_sendall_of_several_mib_arrives_whole_and_in_order() -> None:
-    payload = os.urandom(8 * MIB)
+    payload = os.urandom(8 * MiB)
 
     async def main() -> tuple[str, int]:
         with _listener() as listener:
@@ -112,13 +110,12 @@ def test_half_close_peer_still_receives_everything() -> None:
 
 
 def test_connect_refused() -> None:
-    port = free_port()
-
-    async def main() -> None:
+    async def main(port: int) -> None:
         with pytest.raises(ConnectionRefusedError):
             await open_connection("127.0.0.1", port)
 
-    yieldio.run(main)
+    with refused_port() as port:
+        yieldio.run(main(port))
 
 
 def test_open_connection_by_name_and_ipv6() -> None:
@@ -168,7 +165,8 @@ def test_closing_a_socket_wakes_the_task_waiting_on_it() -> None:
         left, right = socket.socketpair()
         a = Socket(left)
         waiter = await spawn(a.recv(10))
-        await sleep(0.01)
+        await sleep(0)  # the waiter runs first and parks in recv (ready tasks run in order)
+        assert yieldio.current_kernel().describe(waiter).startswith("waiting to read")
         a.close()
         right.close()
         with pytest.raises(OSError) as caught:

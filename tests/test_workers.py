@@ -6,49 +6,75 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
-from .conftest import recv_all, start_server
+from .harness import ProcessServers, ServerProcess, connect, exchange
 
 
-def _children(pid: int, count: int, timeout: float = 10.0) -> list[psutil.Process]:
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (the SigCgt mask of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def _ready_workers(server: ServerProcess, count: int, timeout: float = 10.0) -> list[psutil.Process]:
+    """Wait until the server runs ``count`` workers, each listening on its port and catching SIGTERM.
+
+    A worker logs nothing when it is ready, so this polls the process table. Ready matters: a worker
+    that doesn't listen yet gets no connection (none at all, if no worker listens), and one that doesn't
+    catch SIGTERM yet would be killed by it instead of shutting down gracefully.
+    """
     end = time.monotonic() + timeout
     while True:
-        kids = psutil.Process(pid).children()
-        if len(kids) == count or time.monotonic() > end:
-            return kids
-        time.sleep(0.05)  # polling the process table until the restart happened; bounded
+        workers = server.ps.children()
+        try:
+            ready = [
+                w
+                for w in workers
+                if _catches(w.pid, signal.SIGTERM)
+                and any(c.laddr.port == server.port for c in w.net_connections("tcp") if c.status == psutil.CONN_LISTEN)
+            ]
+        except (psutil.Error, OSError):
+            ready = []  # a worker ended while we looked: look again
+        if len(workers) == len(ready) == count:
+            return workers
+        assert time.monotonic() < end, f"{len(ready)} of {len(workers)} workers ready, {count} wanted"
+        time.sleep(0.02)  # polling the process table; bounded by the deadline
 
 
-def _echo(port: int, text: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
-        c.sendall(text)
-        c.shutdown(socket.SHUT_WR)
-        return recv_all(c)
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _echo(server: ServerProcess, text: bytes) -> bytes:
+    with connect(server.address) as sock:
+        return exchange(sock, text)
 
 
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="SO_REUSEPORT needed")
-def test_workers_share_the_port_restart_and_stop_on_sigterm() -> None:
-    server = start_server("--workers", "3")
-    try:
-        workers = _children(server.proc.pid, 3)
-        assert len(workers) == 3
-        for i in range(30):  # spread across the workers by the kernel's hash
-            assert _echo(server.port, b"n%d" % i) == b"GOT:n%d" % i
-        victim = workers[0]
-        os.kill(victim.pid, signal.SIGKILL)
-        server.read_log_until(b"worker %d exited (killed by SIGKILL)" % victim.pid)
-        server.read_log_until(b"restarting it")
-        replaced = _children(server.proc.pid, 3)
-        assert len(replaced) == 3 and victim.pid not in {w.pid for w in replaced}
-        for i in range(30):
-            assert _echo(server.port, b"m%d" % i) == b"GOT:m%d" % i
-        assert server.stop(signal.SIGTERM, timeout=15) == 0
-        log = server.rest_of_log()
-        assert log.count(b"SIGTERM received: shutting down") == 3
-        assert b"Traceback" not in log
-        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in replaced)
-    finally:
-        server.stop(signal.SIGKILL)
+def test_workers_share_the_port_restart_and_stop_on_sigterm(serve_process: ProcessServers) -> None:
+    server = serve_process("--workers", "3")
+    workers = _ready_workers(server, 3)
+    for i in range(30):  # spread across the workers by the kernel's hash
+        assert _echo(server, b"n%d" % i) == b"GOT:n%d" % i
+    victim = workers[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    server.wait_log(b"worker %d exited (killed by SIGKILL)" % victim.pid)
+    server.wait_log(b"restarting it")
+    replaced = _ready_workers(server, 3)
+    assert victim.pid not in {w.pid for w in replaced}
+    for i in range(30):
+        assert _echo(server, b"m%d" % i) == b"GOT:m%d" % i
+    assert server.stop(signal.SIGTERM, timeout=15) == 0
+    log = server.output()
+    assert log.count(b"SIGTERM received: shutting down") == 3
+    assert b"Traceback" not in log
+    assert all(_gone(w) for w in replaced)

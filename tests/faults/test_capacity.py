@@ -9,18 +9,27 @@ import time
 
 import pytest
 
-from ..conftest import raise_nofile, recv_all
-from .conftest import Bystander, MiB, connect, fresh_client_works, record, roundtrip
+from ..harness import (
+    Bystander,
+    MiB,
+    ProcessServers,
+    connect,
+    fresh_client_works,
+    raise_nofile,
+    record,
+    recv_exactly,
+    roundtrip,
+)
 
 CONNECTIONS = 5000
 
 
 @pytest.mark.timeout(120)
-def test_5000_simultaneous_connections_each_echoed(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_5000_simultaneous_connections_each_echoed(serve_process: ProcessServers) -> None:
     limit = raise_nofile(CONNECTIONS + 1000)  # this process holds every client; the server inherits the limit
     if limit < CONNECTIONS + 100:
         pytest.skip(f"RLIMIT_NOFILE is {limit} and cannot be raised (hard limit)")
-    server = spawn("--log-level", "warning")
+    server = serve_process("--log-level", "warning")
     baseline = server.idle_baseline()
     clients: list[socket.socket] = []
     try:
@@ -32,7 +41,7 @@ def test_5000_simultaneous_connections_each_echoed(spawn) -> None:  # type: igno
         started = time.monotonic()
         for i, c in enumerate(clients):
             c.sendall(b"client-%05d" % i)
-        echoed = sum(recv_all(c, 16) == b"GOT:client-%05d" % i for i, c in enumerate(clients))
+        echoed = sum(recv_exactly(c, 16) == b"GOT:client-%05d" % i for i, c in enumerate(clients))
         echo_s = time.monotonic() - started
         held = server.fds() - baseline
         rss_held = server.rss()
@@ -66,15 +75,15 @@ RECOVERED = b"accepting again"
 
 
 @pytest.mark.timeout(60)
-def test_emfile_pauses_quietly_serves_the_connected_and_recovers(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_emfile_pauses_quietly_serves_the_connected_and_recovers(serve_process: ProcessServers) -> None:
     limit = 64
-    server = spawn(nofile=limit)  # INFO, so each accepted connection is logged with its port
+    server = serve_process(nofile=limit)  # INFO, so each accepted connection is logged with its port
     waiting_extra = 40
     clients = [connect(server.address) for _ in range(limit + waiting_extra)]  # the rest wait in the backlog
     server.wait_log(PAUSING)
-    assert b"Too many open files" in server.log
-    with server._cond:
-        before_pause = bytes(server.log[: server.log.index(PAUSING)])
+    log = server.output()
+    assert b"Too many open files" in log
+    before_pause = log[: log.index(PAUSING)]
     accepted_ports = {int(port) for port in ACCEPTED.findall(before_pause)}
     accepted = [c for c in clients if c.getsockname()[1] in accepted_ports]
     waiting = [c for c in clients if c.getsockname()[1] not in accepted_ports]
@@ -103,7 +112,7 @@ def test_emfile_pauses_quietly_serves_the_connected_and_recovers(spawn) -> None:
     for i, c in enumerate(waiting):
         c.settimeout(10)
         expected = b"GOT:queued %d" % i
-        assert recv_all(c, len(expected)) == expected
+        assert recv_exactly(c, len(expected)) == expected
     fresh_client_works(server.address)
     bystander = Bystander(server.address)
     bystander.check()
@@ -111,7 +120,7 @@ def test_emfile_pauses_quietly_serves_the_connected_and_recovers(spawn) -> None:
         c.close()
     bystander.close()
 
-    events = re.findall(rb"accept failed \(|accepting again", bytes(server.log))
+    events = re.findall(rb"accept failed \(|accepting again", server.output())
     record(
         "emfile",
         nofile_limit=limit,

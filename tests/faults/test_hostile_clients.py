@@ -9,16 +9,14 @@ from __future__ import annotations
 import os
 import random
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from ..conftest import LISTENING, python_env
-from .conftest import (
+from ..harness import (
+    LISTENING,
     Bystander,
     MiB,
-    Server,
+    ProcessServers,
     connect,
     exchange,
     fresh_client_works,
@@ -26,12 +24,14 @@ from .conftest import (
     recv_exactly,
     reset,
     send_until_stalled,
+    serve_command,
+    split_line_replies,
 )
 
 
 @pytest.mark.timeout(60)
-def test_peer_reset_mid_message(spawn) -> None:  # type: ignore[no-untyped-def]
-    server = spawn()
+def test_peer_reset_mid_message(serve_process: ProcessServers) -> None:
+    server = serve_process()
     baseline = server.idle_baseline()
     bystander = Bystander(server.address)
     bystander.check()
@@ -66,24 +66,24 @@ def test_peer_reset_mid_message(spawn) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(60)
-def test_half_close_still_gets_the_full_echo(spawn) -> None:  # type: ignore[no-untyped-def]
-    server = spawn("--prefix", "")
+def test_half_close_still_gets_the_full_echo(serve_process: ProcessServers) -> None:
+    server = serve_process("--prefix", "")
     bystander = Bystander(server.address, prefix=b"")
     sizes = [0, 1, 100, 65535, 65536, 65537, 1 * MiB, 4 * MiB + 3]
     for size in sizes:
         payload = os.urandom(size)
         with connect(server.address) as sock:
-            reply = exchange(sock, payload, half_close=True)  # SHUT_WR after the last byte, read until EOF
+            reply = exchange(sock, payload)  # SHUT_WR after the last byte, read until EOF
         assert len(reply) == size and reply == payload, f"size {size}: got {len(reply)} bytes"
         bystander.check()
     # half-close before the echo of a big message has even started coming back
     payload = os.urandom(2 * MiB)
     with connect(server.address) as sock:
         sock.sendall(payload[: 256 * 1024])
-        reply = exchange(sock, payload[256 * 1024 :], half_close=True)
+        reply = exchange(sock, payload[256 * 1024 :])
     assert reply == payload
     # line framing: a partial last line is answered at the half-close
-    lines = spawn("--framing", "line")
+    lines = serve_process("--framing", "line")
     with connect(lines.address) as sock:
         assert exchange(sock, b"one\ntwo\nno newline") == b"GOT:one\nGOT:two\nGOT:no newline"
     bystander.check()
@@ -93,8 +93,8 @@ def test_half_close_still_gets_the_full_echo(spawn) -> None:  # type: ignore[no-
 
 
 @pytest.mark.timeout(60)
-def test_connections_closed_during_accept(spawn) -> None:  # type: ignore[no-untyped-def]
-    server = spawn()
+def test_connections_closed_during_accept(serve_process: ProcessServers) -> None:
+    server = serve_process()
     baseline = server.idle_baseline()
     bystander = Bystander(server.address)
     bystander.check()
@@ -146,8 +146,8 @@ BINARY = (
 
 
 @pytest.mark.timeout(60)
-def test_binary_data_with_nul_and_invalid_utf8(spawn) -> None:  # type: ignore[no-untyped-def]
-    plain = spawn("--prefix", "")
+def test_binary_data_with_nul_and_invalid_utf8(serve_process: ProcessServers) -> None:
+    plain = serve_process("--prefix", "")
     bystander = Bystander(plain.address, prefix=b"")
     with connect(plain.address) as sock:
         assert exchange(sock, BINARY) == BINARY
@@ -156,7 +156,7 @@ def test_binary_data_with_nul_and_invalid_utf8(spawn) -> None:  # type: ignore[n
         assert exchange(sock, payload) == payload
     bystander.check()
 
-    lines = spawn("--framing", "line")
+    lines = serve_process("--framing", "line")
     records = [line + b"\n" for line in BINARY.split(b"\n")[:-1]] + [BINARY.rsplit(b"\n", 1)[1]]
     assert b"".join(records) == BINARY
     with connect(lines.address) as sock:
@@ -169,9 +169,9 @@ def test_binary_data_with_nul_and_invalid_utf8(spawn) -> None:  # type: ignore[n
 
 
 @pytest.mark.timeout(60)
-def test_lines_far_over_max_line_are_answered_in_pieces(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_lines_far_over_max_line_are_answered_in_pieces(serve_process: ProcessServers) -> None:
     max_line = 1024
-    server = spawn("--framing", "line", "--max-line", str(max_line))
+    server = serve_process("--framing", "line", "--max-line", str(max_line))
     bystander = Bystander(server.address)
     rss_before = server.rss()
     with connect(server.address) as sock:
@@ -209,42 +209,17 @@ def test_lines_far_over_max_line_are_answered_in_pieces(spawn) -> None:  # type:
 
 
 @pytest.mark.timeout(30)
-def test_non_utf8_prefix_is_served_or_refused_in_one_line(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_non_utf8_prefix_is_served_or_refused_in_one_line(serve_process: ProcessServers) -> None:
     # Either answer is fine: serve with the raw bytes as the prefix, or refuse in one readable line.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "yieldio", "serve", "--host", "127.0.0.1", "--port", "0", "--prefix", b"\xff\x01"],
-        env=python_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    server = Server(proc, "127.0.0.1", 0)
-    try:
-        server.wait_until(lambda log: b"listening on" in log, timeout=10, or_exit=True)
-        if server.alive():
-            server.port = int(LISTENING.search(server.log).group(2))  # type: ignore[union-attr]
-            with connect(server.address) as sock:
-                sock.sendall(b"data")
-                assert recv_exactly(sock, 6) == b"\xff\x01data"
-            server.assert_healthy()
-        else:
-            assert proc.returncode not in (0, None)
-            text = server.text().strip()
-            assert "Traceback" not in text, text
-            assert text.count("\n") == 0, text
-    finally:
-        server.kill()
-
-
-def split_line_replies(reply: bytes, prefix: bytes, max_line: int) -> list[bytes]:
-    """The pieces of a line-framed reply: each is prefix + (a line, or max_line bytes of one)."""
-    pieces = []
-    pos = 0
-    while pos < len(reply):
-        assert reply.startswith(prefix, pos), reply[pos : pos + 40]
-        pos += len(prefix)
-        newline = reply.find(b"\n", pos, pos + max_line)
-        end = newline + 1 if newline >= 0 else min(pos + max_line, len(reply))
-        pieces.append(reply[pos:end])
-        pos = end
-    return pieces
+    server = serve_process.launch(serve_command("--prefix", b"\xff\x01"))
+    if server.wait_until(lambda log: LISTENING.search(log) is not None, or_exit=True):
+        server.wait_listening()
+        with connect(server.address) as sock:
+            sock.sendall(b"data")
+            assert recv_exactly(sock, 6) == b"\xff\x01data"
+        server.assert_healthy()
+    else:
+        assert server.proc.returncode not in (0, None)
+        text = server.text().strip()
+        assert "Traceback" not in text, text
+        assert text.count("\n") == 0, text

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .conftest import MiB, connect, record, roundtrip, send_until_stalled, unacked
+from ..harness import MiB, ProcessServers, connect, record, roundtrip, send_until_stalled, unacked
 
 EXIT_BOUND = 5.0
 
@@ -105,8 +105,8 @@ class Streamer(threading.Thread):
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_under_load_echoes_in_flight_requests_and_exits_0(spawn) -> None:  # type: ignore[no-untyped-def]
-    server = spawn("--prefix", "")
+def test_sigterm_under_load_echoes_in_flight_requests_and_exits_0(serve_process: ProcessServers) -> None:
+    server = serve_process("--prefix", "")
     stream = os.urandom(48 * MiB)
     streamers = [Streamer(server.address, stream) for _ in range(4)]
     for s in streamers:
@@ -169,8 +169,8 @@ def test_sigterm_under_load_echoes_in_flight_requests_and_exits_0(spawn) -> None
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_echoes_everything_received_to_clients_that_read_a_moment_later(spawn) -> None:  # type: ignore[no-untyped-def]
-    server = spawn("--prefix", "")
+def test_sigterm_echoes_everything_received_to_clients_that_read_a_moment_later(serve_process: ProcessServers) -> None:
+    server = serve_process("--prefix", "")
     payload = os.urandom(48 * MiB)
     flows = []
     for i in range(4):

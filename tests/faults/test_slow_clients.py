@@ -10,7 +10,17 @@ import time
 
 import pytest
 
-from .conftest import Bystander, MiB, connect, percentile, record, recv_exactly, roundtrip, send_until_stalled
+from ..harness import (
+    Bystander,
+    MiB,
+    ProcessServers,
+    connect,
+    percentile,
+    record,
+    recv_exactly,
+    roundtrip,
+    send_until_stalled,
+)
 
 SLOW_CLIENTS = 500
 TRICKLE_SECONDS = 4
@@ -18,9 +28,9 @@ LATENCY_BOUND = 0.200  # seconds, for the slowest round trip of the normal clien
 
 
 @pytest.mark.timeout(60)
-def test_slowloris_tricklers_do_not_slow_a_normal_client(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_slowloris_tricklers_do_not_slow_a_normal_client(serve_process: ProcessServers) -> None:
     # line framing: the tricklers never finish a line, so the server holds 500 partial lines the whole time
-    server = spawn("--framing", "line")
+    server = serve_process("--framing", "line")
     slow = [connect(server.address) for _ in range(SLOW_CLIENTS)]
     normal = connect(server.address)
     server.wait_log(b"connection from", count=SLOW_CLIENTS + 1)
@@ -79,9 +89,9 @@ def test_slowloris_tricklers_do_not_slow_a_normal_client(spawn) -> None:  # type
 
 
 @pytest.mark.timeout(60)
-def test_idle_timeout_closes_silent_connections_and_keeps_active_ones(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_idle_timeout_closes_silent_connections_and_keeps_active_ones(serve_process: ProcessServers) -> None:
     timeout = 1.0
-    server = spawn("--idle-timeout", str(timeout))
+    server = serve_process("--idle-timeout", str(timeout))
     silent = [connect(server.address) for _ in range(20)]
     opened = time.monotonic()
     active = connect(server.address)
@@ -136,8 +146,8 @@ RSS_BOUND = 64 * MiB
 
 
 @pytest.mark.timeout(90)
-def test_client_that_never_reads_gets_backpressure_not_server_memory(spawn) -> None:  # type: ignore[no-untyped-def]
-    server = spawn("--prefix", "")  # plain echo: the reply must equal what was sent, byte for byte
+def test_client_that_never_reads_gets_backpressure_not_server_memory(serve_process: ProcessServers) -> None:
+    server = serve_process("--prefix", "")  # plain echo: the reply must equal what was sent, byte for byte
     other = Bystander(server.address, prefix=b"")
     other.check()  # warm the server's per-message path before measuring
     rss_before = server.rss()

@@ -24,7 +24,7 @@ from collections import Counter
 
 import pytest
 
-from .conftest import MiB, connect, exchange, record, recv_exactly, reset, roundtrip
+from ..harness import MiB, ProcessServers, connect, exchange, record, recv_exactly, reset, roundtrip
 
 SOAK_SECONDS = float(os.environ.get("YIELDIO_SOAK_SECONDS", "60"))
 WARMUP_SECONDS = 5.0
@@ -158,8 +158,8 @@ class Load:
 
 
 @pytest.mark.timeout(150)
-def test_soak_60s_mixed_load_with_churn_leaks_nothing(spawn) -> None:  # type: ignore[no-untyped-def]
-    server = spawn("--prefix", "", "--idle-timeout", str(IDLE_TIMEOUT), "--log-level", "warning")
+def test_soak_60s_mixed_load_with_churn_leaks_nothing(serve_process: ProcessServers) -> None:
+    server = serve_process("--prefix", "", "--idle-timeout", str(IDLE_TIMEOUT), "--log-level", "warning")
     rss_cold = server.rss()
 
     # warm-up: the same traffic briefly, so what the server allocates once is allocated before the baseline
@@ -219,28 +219,37 @@ def test_soak_60s_mixed_load_with_churn_leaks_nothing(spawn) -> None:  # type: i
 
 
 @pytest.mark.timeout(90)
-def test_connection_churn_with_a_long_idle_timeout_keeps_memory_bounded(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_connection_churn_with_a_long_idle_timeout_keeps_memory_bounded(serve_process: ProcessServers) -> None:
     # 30,000 short connections, never more than two open at once, with the idle timeout at 60 s
-    server = spawn("--idle-timeout", "60", "--log-level", "warning")
+    server = serve_process("--idle-timeout", "60", "--log-level", "warning")
     with connect(server.address) as warm:
         roundtrip(warm, b"warm", b"GOT:warm")
     server.idle_baseline()
     rss_before = server.rss()
     target, done = 30_000, [0, 0]
     deadline = time.monotonic() + 60
+    failures: list[str] = []  # reported here: a failed assert in a thread would fail nothing
 
     def churn(n: int) -> None:
-        while done[n] < target // 2 and time.monotonic() < deadline:
-            with socket.create_connection(server.address, timeout=10) as sock:
-                sock.sendall(b"x")
-                assert recv_exactly(sock, 5) == b"GOT:x"
-            done[n] += 1
+        try:
+            while done[n] < target // 2 and time.monotonic() < deadline:
+                with socket.create_connection(server.address, timeout=10) as sock:
+                    sock.sendall(b"x")
+                    reply = recv_exactly(sock, 5)
+                if reply != b"GOT:x":
+                    failures.append(f"connection {done[n]} of thread {n}: {reply!r}")
+                    return
+                done[n] += 1
+        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            failures.append(f"connection {done[n]} of thread {n}: {error!r}")
 
-    threads = [threading.Thread(target=churn, args=(n,)) for n in range(2)]
+    threads = [threading.Thread(target=churn, args=(n,), name=f"churn {n}") for n in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(70)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not failures, failures
     assert sum(done) == target, f"only {sum(done)} connections in time"
     server.idle_baseline()  # every one of them is closed on the server's side too
     growth = server.rss() - rss_before
