@@ -86,9 +86,13 @@ class ChildProcess:
     (:meth:`wait_log`, :meth:`wait_until`) are waits on a condition that thread signals.
     """
 
-    def __init__(self, command: Sequence[str | bytes]) -> None:
+    def __init__(self, command: Sequence[str | bytes], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            command, env=python_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            command,
+            env=python_env() | (env or {}),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         self.ps = psutil.Process(self.proc.pid)
         self._log = bytearray()
@@ -206,8 +210,10 @@ def _regex(pattern: bytes | re.Pattern[bytes]) -> re.Pattern[bytes]:
 class ServerProcess(ChildProcess):
     """A server process (``yieldio serve``, or any program that logs ``listening on HOST:PORT``), and its measures."""
 
-    def __init__(self, command: Sequence[str | bytes], host: str = "127.0.0.1") -> None:
-        super().__init__(command)
+    def __init__(
+        self, command: Sequence[str | bytes], host: str = "127.0.0.1", env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(command, env)
         self.host = host
         self.port = 0  # known once it has said it
 
@@ -288,15 +294,21 @@ class ProcessServers:
         """``yieldio serve --host HOST --port 0 ARGS``; returns once it has said which port it listens on."""
         return self.start(serve_command(*args, host=host, nofile=nofile), host=host)
 
-    def start(self, command: Sequence[str | bytes], host: str = "127.0.0.1") -> ServerProcess:
-        """Any ``command`` that serves on ``host`` and logs ``listening on HOST:PORT``; returns once it has."""
-        server = self.launch(command, host=host)
+    def start(
+        self, command: Sequence[str | bytes], host: str = "127.0.0.1", env: dict[str, str] | None = None
+    ) -> ServerProcess:
+        """Any ``command`` that serves on ``host`` and logs ``listening on HOST:PORT``; returns once it has.
+
+        ``env`` is added to the test's environment."""
+        server = self.launch(command, host=host, env=env)
         server.wait_listening()
         return server
 
-    def launch(self, command: Sequence[str | bytes], host: str = "127.0.0.1") -> ServerProcess:
+    def launch(
+        self, command: Sequence[str | bytes], host: str = "127.0.0.1", env: dict[str, str] | None = None
+    ) -> ServerProcess:
         """Start ``command`` and return at once: for a server that may refuse to start."""
-        server = ServerProcess(command, host)
+        server = ServerProcess(command, host, env)
         self.started.append(server)
         return server
 

@@ -121,3 +121,37 @@ def test_sigusr1_logs_the_task_table_with_peers_and_keeps_serving(echo_server: S
         c.sendall(b"again")
         assert recv_exactly(c, 9) == b"GOT:again"
     assert echo_server.stop(signal.SIGTERM) == 0
+
+
+def test_an_instrument_that_raises_is_removed_and_logged_and_the_program_goes_on(caplog) -> None:  # type: ignore[no-untyped-def]
+    class Broken(Instrument):
+        calls = 0
+
+        def task_resumed(self, task):  # type: ignore[no-untyped-def]
+            Broken.calls += 1
+            raise ValueError("instrument bug")
+
+    async def main() -> int:
+        for _ in range(3):
+            await sleep(0)
+        return 42
+
+    broken, recorder = Broken(), Recorder()
+    kernel = Kernel()
+    kernel.add_instrument(broken)
+    kernel.add_instrument(recorder)
+    assert kernel.run(main) == 42
+    assert Broken.calls == 1
+    assert kernel.instruments == [recorder]
+    assert ("finished", "main") in recorder.events  # the other instrument kept hearing everything
+    assert any("instrument bug" in str(r.exc_info[1]) and "removed" in r.getMessage() for r in caplog.records)
+
+
+def test_yieldio_trace_env_traces_the_serve_command(serve_process: ProcessServers) -> None:
+    server = serve_process.start([sys.executable, "-m", "yieldio", "serve", "--port", "0"], env={"YIELDIO_TRACE": "1"})
+    server.wait_log(re.compile(rb"spawn\s+#\d+\s+accept_loop"))
+    with connect(server.address) as client:
+        client.sendall(b"traced")
+        assert recv_exactly(client, 10) == b"GOT:traced"
+    server.wait_log(re.compile(rb"wake\s+#\d+\s+echo_handler 127.0.0.1:\d+\s+poll: fd \d+ readable"))
+    assert server.stop() == 0

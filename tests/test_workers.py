@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from .harness import ProcessServers, ServerProcess, connect, exchange
+from .harness import ChildProcess, ProcessServers, ServerProcess, connect, exchange
 
 
 def _catches(pid: int, sig: int) -> bool:
@@ -78,3 +80,26 @@ def test_workers_share_the_port_restart_and_stop_on_sigterm(serve_process: Proce
     assert log.count(b"SIGTERM received: shutting down") == 3
     assert b"Traceback" not in log
     assert all(_gone(w) for w in replaced)
+
+
+CRASHING_WORKER = """
+import logging, sys
+from yieldio.apps.workers import supervise
+
+def work() -> int:
+    raise RuntimeError("worker bug")
+
+logging.basicConfig(level="INFO", stream=sys.stderr)
+sys.exit(supervise(1, work))
+"""
+
+
+def test_a_crashing_worker_logs_its_traceback_and_is_restarted() -> None:
+    supervisor = ChildProcess([sys.executable, "-c", CRASHING_WORKER])
+    try:
+        supervisor.wait_log(re.compile(rb"worker (\d+) crashed\nTraceback[^\n]*\n(.*\n)*?RuntimeError: worker bug\n"))
+        supervisor.wait_log(re.compile(rb"worker \d+ exited \(exit status 1\) after [\d.]+s: restarting it"))
+        status = supervisor.stop(signal.SIGTERM)
+    finally:
+        supervisor.kill()
+    assert status == 1, supervisor.tail()  # SIGTERM stops it, and it reports that its workers failed
