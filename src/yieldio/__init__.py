@@ -33,13 +33,19 @@ from .core.sync import Condition, Event, Lock, Queue, QueueClosed, QueueEmpty, Q
 from .core.traps import current_task, sleep, spawn, wait_readable, wait_writable
 from .io.sockets import Socket, connect_staggered, format_address, open_connection, run_in_thread
 from .io.streams import IncompleteReadError, LimitOverrunError, Stream, StreamBuffer
+from .io.udp import DatagramTooLarge, udp_bind
+from .io.unix import format_unix_address, open_unix_connection
 from .servers.tcp import serve, tcp_listen, tcp_server
+from .servers.udp import DatagramCounters, serve_datagrams, udp_server
+from .servers.unix import UnixListener, unix_listen, unix_server
 from .version import __version__
 
 __all__ = [
     "Cancelled",
     "ChunkFramer",
     "Condition",
+    "DatagramCounters",
+    "DatagramTooLarge",
     "Event",
     "IncompleteReadError",
     "Kernel",
@@ -57,18 +63,22 @@ __all__ = [
     "Task",
     "TaskGroup",
     "TaskTimeout",
+    "UnixListener",
     "__version__",
     "connect_staggered",
     "current_kernel",
     "current_task",
     "echo_handler",
     "format_address",
+    "format_unix_address",
     "make_echo_handler",
     "open_connection",
+    "open_unix_connection",
     "run",
     "run_in_thread",
     "running_kernel",
     "serve",
+    "serve_datagrams",
     "sleep",
     "spawn",
     "tasks",
@@ -76,6 +86,10 @@ __all__ = [
     "tcp_server",
     "timeout_after",
     "traps",
+    "udp_bind",
+    "udp_server",
+    "unix_listen",
+    "unix_server",
     "wait_readable",
     "wait_writable",
 ]

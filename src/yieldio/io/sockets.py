@@ -234,7 +234,14 @@ class Socket:
 
     @types.coroutine
     def recvfrom(self, maxsize: int, flags: int = 0) -> Waits[tuple[bytes, Any]]:
-        """A datagram and its sender's address."""
+        """A datagram and its sender's address; ``DatagramTooLarge`` if it held more than ``maxsize`` bytes.
+
+        On a datagram socket ``MSG_TRUNC`` is added: Linux then returns the datagram's real length
+        (and Python sizes ``data`` to it), so one that did not fit is reported instead of silently cut.
+        A stream socket is left alone: there ``MSG_TRUNC`` would mean "discard what you read".
+        """
+        if self._sock.type is not socket.SOCK_STREAM:
+            flags |= socket.MSG_TRUNC
         while True:
             try:
                 data, address = self._sock.recvfrom(maxsize, flags)
@@ -242,10 +249,17 @@ class Socket:
                 yield self.readable
             else:
                 self.bytes_in += len(data)
+                if len(data) > maxsize:
+                    from .udp import DatagramTooLarge  # imported here: udp.py imports this module
+
+                    raise DatagramTooLarge(len(data), maxsize, address)
                 return data, address
 
     @types.coroutine
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> Waits[tuple[int, Any]]:
+        """Receive a datagram into ``buffer``: (its length, its sender); ``DatagramTooLarge`` as :meth:`recvfrom`."""
+        if self._sock.type is not socket.SOCK_STREAM:
+            flags |= socket.MSG_TRUNC
         while True:
             try:
                 received, address = self._sock.recvfrom_into(buffer, nbytes, flags)
@@ -253,10 +267,16 @@ class Socket:
                 yield self.readable
             else:
                 self.bytes_in += received
+                limit = nbytes or memoryview(buffer).nbytes
+                if received > limit:
+                    from .udp import DatagramTooLarge  # imported here: udp.py imports this module
+
+                    raise DatagramTooLarge(received, limit, address)
                 return received, address
 
     @types.coroutine
     def sendto(self, data: Any, address: Any) -> Waits[int]:
+        """Send one datagram; one too large for the network raises ``OSError(EMSGSIZE)``, never split."""
         while True:
             try:
                 sent = self._sock.sendto(data, address)

@@ -1,0 +1,190 @@
+"""UDP servers: one loop answers every datagram.
+
+UDP has no connections, so there is nothing to start a task for: one task
+reads a datagram, calls ``handler(data, address)``, sends back what the
+handler returns (``None``: no reply) and reads the next. That order is the
+server's backpressure, as "read only after the reply is written" is the TCP
+echo's: datagrams that arrive while a handler runs wait in the socket's
+receive buffer, and once that is full the system drops new ones, which is
+what UDP promises anyway. Memory stays one receive buffer, however many
+clients send.
+
+The handler may be a plain function, which is the fast path (no generator,
+no frame kept), or an ``async def`` / generator function whose awaitable
+result is run to completion right there: it may sleep or talk to another
+socket, and the server waits for it. A handler that needs datagrams handled
+side by side spawns its own tasks.
+
+Nothing is lost without a word. Each outcome is counted in a
+:class:`DatagramCounters` and the unusual ones are logged: a datagram larger
+than ``max_size`` (dropped whole, see :mod:`yieldio.io.udp`; the default
+65,535 holds any UDP payload, so this only happens with a smaller limit), a
+reply the system refuses to send (too large for UDP: ``EMSGSIZE``; it is
+never split), a handler that raises or returns something that is not bytes.
+Then the server goes on with the next datagram.
+
+The loop calls the standard socket directly, as the echo handler does, and
+reads as long as datagrams are waiting, but at most a batch per turn, so a
+flood can't starve the other tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import types
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import traps
+from ..io.sockets import Socket, format_address
+from ..io.udp import udp_bind
+
+log = logging.getLogger("yieldio")
+
+DatagramHandler = Callable[[bytes, Any], Any]
+"""``handler(data, address)`` returns the reply (bytes-like), ``None``, or an awaitable or generator giving one."""
+
+MAX_DATAGRAM = 65535  # larger than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6)
+_DATAGRAMS_PER_TURN = 64  # then let the other tasks run
+
+
+@dataclass(slots=True)
+class DatagramCounters:
+    """What a datagram server has done so far; pass one in to read it while the server runs."""
+
+    datagrams_in: int = 0  # received, truncated ones included
+    datagrams_out: int = 0  # replies sent
+    truncated: int = 0  # larger than max_size: dropped, not handled
+    dropped_replies: int = 0  # replies the system refused to send (EMSGSIZE and the like)
+    handler_errors: int = 0  # the handler raised, or returned something that is not bytes
+
+    def __str__(self) -> str:
+        return (
+            f"{self.datagrams_in} datagrams in, {self.datagrams_out} out, {self.truncated} truncated, "
+            f"{self.dropped_replies} dropped replies, {self.handler_errors} handler errors"
+        )
+
+
+@types.coroutine
+def serve_datagrams(
+    sock: Socket,
+    handler: DatagramHandler,
+    *,
+    max_size: int = MAX_DATAGRAM,
+    counters: DatagramCounters | None = None,
+) -> Generator[Any, Any, None]:
+    """Answer every datagram arriving on ``sock`` with what ``handler(data, address)`` returns, forever."""
+    if max_size < 1:
+        raise ValueError("max_size must be at least 1")
+    if counters is None:
+        counters = DatagramCounters()
+    buffer = bytearray(max_size)
+    view = memoryview(buffer)
+    raw = sock.socket
+    receive = raw.recvfrom_into
+    sendto = raw.sendto
+    # Linux returns a datagram's real length with MSG_TRUNC, so one that did not fit is seen.
+    flags = getattr(socket, "MSG_TRUNC", 0)
+    handler_name = getattr(handler, "__qualname__", "handler")
+    while True:
+        for _ in range(_DATAGRAMS_PER_TURN):
+            try:
+                size, address = receive(buffer, 0, flags)
+            except BlockingIOError:
+                yield sock.readable
+                break
+            counters.datagrams_in += 1
+            if size > max_size:
+                counters.truncated += 1
+                log.warning(
+                    "udp: a %d-byte datagram from %s is over the %d-byte limit: dropped",
+                    size,
+                    format_address(address),
+                    max_size,
+                )
+                continue
+            try:
+                reply = handler(bytes(view[:size]), address)
+                if reply is None:
+                    continue
+                if type(reply) is not bytes:
+                    reply = yield from _settle(reply)
+                    if reply is None:
+                        continue
+            except Exception:
+                counters.handler_errors += 1
+                log.exception("udp: %s failed on a datagram from %s", handler_name, format_address(address))
+                continue
+            try:
+                sendto(reply, address)
+                counters.datagrams_out += 1
+            except BlockingIOError:
+                yield from _send_when_writable(sock, reply, address, counters)
+            except OSError as error:
+                _dropped(counters, reply, address, error)
+        else:
+            yield from traps.sleep(0)
+
+
+@types.coroutine
+def _settle(result: Any) -> Generator[Any, Any, bytes | bytearray | memoryview | None]:
+    """The reply a handler's result stands for: run it if it is a generator or awaitable; check its type."""
+    if isinstance(result, Generator):  # a generator function's, or an @types.coroutine's
+        result = yield from result
+    elif isinstance(result, Awaitable):
+        result = yield from result.__await__()
+    if result is None or isinstance(result, (bytes, bytearray, memoryview)):
+        return result
+    raise TypeError(f"a datagram handler must return bytes or None, not {type(result).__name__}")
+
+
+@types.coroutine
+def _send_when_writable(
+    sock: Socket, reply: Any, address: Any, counters: DatagramCounters
+) -> Generator[Any, Any, None]:
+    """The send buffer is full: wait (this server only) until the reply fits."""
+    while True:
+        yield sock.writable
+        try:
+            sock.socket.sendto(reply, address)
+        except BlockingIOError:
+            continue
+        except OSError as error:
+            _dropped(counters, reply, address, error)
+            return
+        counters.datagrams_out += 1
+        return
+
+
+def _dropped(counters: DatagramCounters, reply: Any, address: Any, error: OSError) -> None:
+    counters.dropped_replies += 1
+    log.warning(
+        "udp: a %d-byte reply to %s dropped: %s", memoryview(reply).nbytes, format_address(address), error.strerror
+    )
+
+
+@types.coroutine
+def udp_server(
+    address: tuple[str, int],
+    handler: DatagramHandler,
+    *,
+    max_size: int = MAX_DATAGRAM,
+    reuse_port: bool = False,
+    counters: DatagramCounters | None = None,
+) -> Generator[Any, Any, None]:
+    """Bind ``address`` and answer each datagram with what ``handler(data, address)`` returns.
+
+    Logs where it listens (``listening on udp:HOST:PORT``) and, when it stops, its counters.
+    """
+    if counters is None:
+        counters = DatagramCounters()
+    sock = udp_bind(address, reuse_port=reuse_port)
+    where = f"udp:{format_address(sock.getsockname())}"
+    log.info("listening on %s", where)
+    try:
+        with sock:
+            yield from serve_datagrams(sock, handler, max_size=max_size, counters=counters)
+    finally:
+        log.info("%s closed: %s", where, counters)
