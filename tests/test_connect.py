@@ -23,7 +23,7 @@ import yieldio
 from yieldio import TaskTimeout, connect_staggered, open_connection, sleep, timeout_after
 from yieldio.io.sockets import AddressInfo, interleave_families
 
-from .conftest import free_port
+from .harness import refused_port
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
@@ -123,28 +123,28 @@ def test_open_connection_races_a_names_addresses(
 
 @pytest.mark.parametrize("delay", [30.0, None])
 def test_a_refused_attempt_starts_the_next_at_once(delay: float | None, listener: socket.socket) -> None:
-    refused = ("127.0.0.1", free_port())
     fast = listener.getsockname()[:2]
 
-    async def main() -> tuple[Any, float]:
+    async def main(refused: tuple[str, int]) -> tuple[Any, float]:
         started = time.monotonic()
         async with await connect_staggered([info(*refused), info(*fast)], delay) as sock:
             return sock.getpeername()[:2], time.monotonic() - started
 
-    peer, took = yieldio.run(main)
+    with refused_port() as port:
+        peer, took = yieldio.run(main(("127.0.0.1", port)))
     assert peer == fast
     assert took < 10.0  # not the 30 s delay: the refusal started the next attempt
 
 
 def test_when_every_attempt_fails_the_first_error_is_raised_naming_them_all() -> None:
-    first, second = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
-
-    async def main() -> ConnectionRefusedError:
+    async def main(first: tuple[str, int], second: tuple[str, int]) -> ConnectionRefusedError:
         with pytest.raises(ConnectionRefusedError) as caught:
             await connect_staggered([info(*first), info(*second)], 0.05)
         return caught.value
 
-    error = yieldio.run(main)
+    with refused_port() as port1, refused_port() as port2:
+        first, second = ("127.0.0.1", port1), ("127.0.0.1", port2)
+        error = yieldio.run(main(first, second))
     notes = getattr(error, "__notes__", [])
     assert [note.split(":")[1].strip() for note in notes] == [str(first[1]), str(second[1])]
     assert all("Connection refused" in note for note in notes)

@@ -11,6 +11,7 @@ import pytest
 
 import yieldio
 from yieldio import Socket, TaskGroup, open_connection, run_in_thread, sleep, spawn
+from yieldio.core.instrument import describe
 
 from .harness import MiB, refused_port
 
@@ -166,7 +167,7 @@ def test_closing_a_socket_wakes_the_task_waiting_on_it() -> None:
         a = Socket(left)
         waiter = await spawn(a.recv(10))
         await sleep(0)  # the waiter runs first and parks in recv (ready tasks run in order)
-        assert yieldio.current_kernel().describe(waiter).startswith("waiting to read")
+        assert describe(yieldio.current_kernel(), waiter).startswith("waiting to read")
         a.close()
         right.close()
         with pytest.raises(OSError) as caught:

@@ -27,7 +27,7 @@ import trustme
 import yieldio
 from yieldio import Socket, Task, open_connection, run_in_thread, spawn, timeout_after, traps
 
-from .conftest import ROOT, python_env
+from .harness import ROOT, python_env
 
 MIB = 1024 * 1024
 
