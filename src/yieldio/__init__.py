@@ -18,8 +18,8 @@ The same kernel runs ``async def`` code::
 Every public name is here, as ``yieldio.<name>``. The package is layered, each
 layer a sub-package that imports only from the layers before it:
 
-- :mod:`yieldio.core`: the scheduler (kernel, poller, traps, scopes, instrument, runner);
-- :mod:`yieldio.io`: sockets;
+- :mod:`yieldio.core`: the scheduler (kernel, poller, traps, scopes, sync, instrument, runner);
+- :mod:`yieldio.io`: sockets (TLS included), streams, Unix and UDP sockets;
 - :mod:`yieldio.servers`: accept loops;
 - :mod:`yieldio.apps`: the echo server, the ``connect`` client, the command line.
 """

@@ -4,6 +4,7 @@
 - :mod:`.poller`: the one question the kernel asks the system (epoll, or a selector).
 - :mod:`.traps`: the only code that suspends a task.
 - :mod:`.scopes`: timeouts and task groups, built on cancellation.
+- :mod:`.sync`: Event, Lock, Semaphore, Condition, Queue, built on ``traps.park`` and ``Kernel.wake``.
 - :mod:`.instrument`: watching the scheduler: the instrument hook's events, the tracer, the task table.
 - :mod:`.runner`: starting a program: ``run()``, the tutorial's ``tasks``, signals.
 

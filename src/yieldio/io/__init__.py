@@ -1,5 +1,9 @@
 """I/O: what a task reads and writes through, built on the core's traps.
 
 - :mod:`.sockets`: :class:`~.sockets.Socket`, a non-blocking socket whose calls suspend only
-  the calling task; ``open_connection``; ``run_in_thread``; ``format_address``.
+  the calling task (TLS included: ``start_tls``); ``open_connection`` (Happy Eyeballs,
+  ``ssl=``); ``connect_staggered``; ``run_in_thread``; ``format_address``.
+- :mod:`.streams`: ``Stream``, buffered reads and writes; ``StreamBuffer``, its parser without I/O.
+- :mod:`.unix`: ``open_unix_connection``, ``format_unix_address``.
+- :mod:`.udp`: ``udp_bind``, ``DatagramTooLarge``.
 """
