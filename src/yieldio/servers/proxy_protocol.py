@@ -35,7 +35,9 @@ Why it is built this way:
   single CR or LF character" does not end it (2.1).
 - **The bytes after the header belong to the application.** A read often brings the header and the
   first request together: :attr:`ProxyHeader.length` says where the header ends, and the parser keeps
-  the rest as :attr:`ProxyHeaderParser.leftover`.
+  the rest as :attr:`ProxyHeaderParser.leftover`. :func:`read_proxy_header` does better on a socket:
+  it peeks, and takes off the stream exactly the header's bytes, so what follows is still in the
+  socket for the handler or for a TLS handshake, and no handler needs to be told of bytes read early.
 - **No addresses means "use the connection's own".** A v2 ``LOCAL`` header (the proxy's own
   connection, a health check) and ``UNKNOWN`` (v1, or v2's unspecified family) carry no usable
   addresses: they are reported with ``source`` and ``destination`` set to ``None``. For ``LOCAL`` the
@@ -55,6 +57,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import types
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
@@ -72,7 +75,6 @@ V2_UNIX_PATH_LENGTH = 108  # spec 2.2: "The addresses are exactly 108 bytes each
 DEFAULT_MAX_LENGTH = 4096
 MIN_MAX_LENGTH = V2_FIXED_LENGTH + 2 * V2_UNIX_PATH_LENGTH  # room for the largest address block
 DEFAULT_TIMEOUT = 5.0
-RECV_SIZE = 4096  # more than any header we accept by default; what comes after is handed back
 
 Command: TypeAlias = Literal["PROXY", "LOCAL"]
 Transport: TypeAlias = Literal["TCP4", "TCP6", "UDP4", "UDP6", "UNIX_STREAM", "UNIX_DGRAM", "UNKNOWN"]
@@ -416,28 +418,44 @@ class ProxyHeaderParser:
 @types.coroutine
 def read_proxy_header(
     sock: Socket, timeout: float = DEFAULT_TIMEOUT, *, max_length: int = DEFAULT_MAX_LENGTH
-) -> Generator[Any, Any, tuple[ProxyHeader, bytes]]:
-    """Read the PROXY header that begins ``sock``'s stream: ``(header, bytes received after it)``.
+) -> Generator[Any, Any, ProxyHeader]:
+    """Take the PROXY header that begins ``sock``'s stream off it, and not one byte more.
 
-    The bytes after the header came in the same reads; they are the application's first bytes and
-    must be handled before reading again. Raises :class:`ProxyHeaderTimeout` if no complete header
-    arrives within ``timeout`` seconds, and the parser's errors as soon as the bytes go wrong.
-    Use ``await read_proxy_header(sock)`` or ``yield from read_proxy_header(sock)``.
+    Whatever follows the header stays in the socket, for whoever reads next: the handler, or a
+    TLS handshake (a proxy sends the header in the clear, before TLS). Raises
+    :class:`ProxyHeaderTimeout` if no complete header arrives within ``timeout`` seconds, and the
+    parser's errors as soon as the bytes go wrong. ``await`` or ``yield from`` it.
     """
-    parser = ProxyHeaderParser(max_length)
+    taken = bytearray()
     try:
-        header: ProxyHeader = yield from timeout_after(timeout, _receive_header(sock, parser))
+        header: ProxyHeader = yield from timeout_after(timeout, _take_header(sock, max_length, taken))
     except TaskTimeout:
         raise ProxyHeaderTimeout(
-            f"no complete PROXY header within {timeout:g}s ({parser.received} bytes received)"
+            f"no complete PROXY header within {timeout:g}s ({len(taken)} bytes received)"
         ) from None
-    return header, parser.leftover
+    return header
 
 
 @types.coroutine
-def _receive_header(sock: Socket, parser: ProxyHeaderParser) -> Generator[Any, Any, ProxyHeader]:
+def _take_header(sock: Socket, max_length: int, taken: bytearray) -> Generator[Any, Any, ProxyHeader]:
+    # Peek (MSG_PEEK leaves the bytes in the kernel's buffer) and judge what has arrived. While the
+    # header is incomplete, every byte that arrived is part of it: take them all, so that the next
+    # wait is for new bytes (the socket would stay readable otherwise). Once it is complete, take
+    # exactly the rest of it.
+    raw = sock.socket
     while True:
-        header = parser.feed((yield from sock.recv(RECV_SIZE)))  # b"" (the end) raises inside feed
+        try:
+            peeked = raw.recv(max_length - len(taken), socket.MSG_PEEK)
+        except BlockingIOError:
+            yield from sock.wait_readable()
+            continue
+        if not peeked:
+            parser = ProxyHeaderParser(max_length)
+            parser.feed(bytes(taken))
+            parser.feed(b"")  # raises: the connection ended before the header did
+        header = parse_proxy_header(taken + peeked, max_length)
+        wanted = len(peeked) if header is None else header.length - len(taken)
+        taken += raw.recv(wanted)  # at hand: it was just peeked
         if header is not None:
             return header
 
