@@ -27,6 +27,7 @@ within a time limit, before the connection closes.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import types
 from collections.abc import Callable, Generator
@@ -147,6 +148,8 @@ def echo_handler(
     max_line: int = DEFAULT_MAX_LINE,
 ) -> Generator[Any, Any, None]:
     """Echo everything ``client`` sends, framed, until it closes its side."""
+    if client.is_tls:
+        return (yield from _echo_tls(client, make_framer(framing, prefix, max_line)))
     # Chunk framing is inlined below; its framer is made only if a drain needs it
     # (an idle connection holds as little memory as possible).
     framer = None if framing == "chunk" else make_framer(framing, prefix, max_line)
@@ -236,6 +239,45 @@ def _flush_and_linger(client: Socket, reply: bytes) -> Generator[Any, Any, None]
     client.shutdown_write()
     while (yield from client.recv(RECV_SIZE)):
         pass
+
+
+@types.coroutine
+def _echo_tls(client: Socket, framer: Framer) -> Generator[Any, Any, None]:
+    """The echo over TLS: the same protocol through the Socket's own methods.
+
+    OpenSSL decides when a read or a write must wait, and for what (a read can need the
+    socket writable), and it may hold decrypted bytes that no poll reports: the Socket's
+    methods handle all of that, so this loop never waits for readability on its own. A
+    reply is sent whole before the next read, so backpressure works as in the plain loop.
+    When cancelled, it answers what OpenSSL and the kernel already hold, then the caller's
+    close sends close_notify.
+    """
+    try:
+        while data := (yield from client.recv(RECV_SIZE)):
+            reply = framer.feed(data)
+            if reply:
+                yield from client.sendall(reply)
+        reply = framer.close()
+        if reply:
+            yield from client.sendall(reply)
+    except (ConnectionError, ssl.SSLError):
+        pass  # the peer reset or broke the TLS session: nobody is left to answer
+    except Cancelled:
+        replies = []
+        try:
+            while data := client.socket.recv(RECV_SIZE):  # only what is at hand: never waits
+                client.bytes_in += len(data)
+                replies.append(framer.feed(data))
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError, ConnectionError, ssl.SSLError):
+            pass
+        replies.append(framer.close())
+        reply = b"".join(replies)
+        if reply:
+            try:
+                yield from timeout_after(DRAIN_SECONDS, client.sendall(reply))
+            except (TaskTimeout, OSError):
+                pass
+        raise
 
 
 def make_echo_handler(

@@ -106,10 +106,17 @@ def _forget(fd: int) -> None:
 
 
 def format_address(address: Any) -> str:
-    """``host:port`` for logs and messages (``[v6::addr]:port`` for IPv6); anything else as ``str``."""
+    """``host:port`` for logs and messages (``[v6::addr]:port`` for IPv6); a Unix socket's path as
+    ``unix:PATH`` (``unix:@NAME`` for an abstract name; a client's socket usually has no name:
+    ``unix:(unnamed)``); anything else as ``str``."""
     if isinstance(address, tuple) and len(address) >= 2:
         host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
         return f"{host}:{address[1]}"
+    if isinstance(address, (str, bytes)):
+        path = os.fsdecode(address)
+        if not path:
+            return "unix:(unnamed)"
+        return "unix:@" + path[1:] if path.startswith("\0") else "unix:" + path
     return str(address)
 
 
@@ -150,6 +157,11 @@ class Socket:
 
     def __repr__(self) -> str:
         return f"<yieldio.Socket {self._sock!r}>"
+
+    @property
+    def is_tls(self) -> bool:
+        """Whether the connection speaks TLS (``start_tls`` was done, or the socket came wrapped)."""
+        return self._tls is not None
 
     @types.coroutine
     def wait_readable(self) -> Waits[None]:

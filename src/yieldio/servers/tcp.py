@@ -19,7 +19,18 @@ adds is here, around that loop, never inside a connection's per-message path:
   ``handshake_timeout``, so a slow or silent client never holds up the accept
   loop; a failed handshake is one warning naming the peer and the reason, and
   closes that connection alone. A plain server's connection task is still the
-  handler itself: the handshake's wrapper exists only when ``ssl`` is given.
+  handler itself: the handshake's wrapper exists only when ``ssl`` is given;
+- with ``proxy_protocol=True`` each connection must begin with a PROXY
+  protocol header (v1 or v2, :mod:`.proxy_protocol`), sent by the load
+  balancer in front: it is taken off the stream (nothing more), and the
+  handler is given the original client's address instead of the balancer's.
+  A missing, malformed or late header closes that connection with one log
+  line. (TLS comes after the header, as proxies send it.)
+- a :class:`ServerStats` counts what happened (connections accepted and
+  open, bytes in and out, accept pauses, failed handshakes, rejected PROXY
+  headers) from what the server keeps anyway: bytes are summed from the
+  sockets' own counters when someone asks, so the per-message path pays
+  nothing for it.
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ from typing import Any
 from ..core import traps
 from ..core.kernel import Cancelled, Kernel, Task, Timer, current_kernel
 from ..io.sockets import HANDSHAKE_TIMEOUT, Socket, check_tls_version, format_address
+from .proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
+from .proxy_protocol import ProxyProtocolError, read_proxy_header
 
 log = logging.getLogger("yieldio")
 
@@ -74,6 +87,45 @@ def tcp_listen(address: tuple[str, int], *, backlog: int = 1024, reuse_port: boo
     return Socket(sock)
 
 
+class ServerStats:
+    """What one stream server has done, for metrics; the byte totals are read when asked for."""
+
+    __slots__ = (
+        "_closed_bytes_in",
+        "_closed_bytes_out",
+        "_connections",
+        "accept_pauses",
+        "accepted",
+        "handshake_failures",
+        "proxy_rejections",
+    )
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.accept_pauses = 0
+        self.handshake_failures = 0
+        self.proxy_rejections = 0
+        self._closed_bytes_in = 0  # of the connections that have ended
+        self._closed_bytes_out = 0
+        self._connections: _Connections | None = None  # the open ones, while serving
+
+    @property
+    def open(self) -> int:
+        return 0 if self._connections is None else self._connections.open
+
+    @property
+    def bytes_in(self) -> int:
+        return self._closed_bytes_in + sum(client.bytes_in for client, _ in self._open_clients())
+
+    @property
+    def bytes_out(self) -> int:
+        return self._closed_bytes_out + sum(client.bytes_out for client, _ in self._open_clients())
+
+    def _open_clients(self) -> list[tuple[Socket, Any]]:
+        # a copy made in one C call: safe even if another thread (a metrics scrape) asks
+        return [] if self._connections is None else list(self._connections.clients.values())
+
+
 class _Connections:
     """The open connections of one server, and the accept loop's wait for a free slot.
 
@@ -95,6 +147,9 @@ class _Connections:
         idle_timeout: float | None,
         tls: SSLContext | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        proxy_protocol: bool = False,
+        proxy_timeout: float = PROXY_HEADER_TIMEOUT,
+        stats: ServerStats | None = None,
     ):
         self.kernel = kernel
         self.handler = handler
@@ -104,6 +159,10 @@ class _Connections:
         self.nodelay = False
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self.proxy_protocol = proxy_protocol
+        self.proxy_timeout = proxy_timeout
+        self.stats = stats or ServerStats()
+        self.stats._connections = self
         self.clients: dict[Task, tuple[Socket, Any]] = {}  # connection task -> (its socket, peer address)
         self.slot_waiters: list[Task] = []
         self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
@@ -117,7 +176,10 @@ class _Connections:
         # in child_done when the kernel reports the task's end.
         peer = format_address(address)
         try:
-            coro = self.handler(client, address) if self.tls is None else self.handshake_first(client, address)
+            if self.tls is None and not self.proxy_protocol:
+                coro = self.handler(client, address)
+            else:
+                coro = self.prelude_first(client, address)
             task = self.kernel.spawn(coro, name=f"{self.handler_name} {peer}")
         except Exception:
             log.exception("connection %s: could not start %s", peer, self.handler_name)
@@ -125,20 +187,38 @@ class _Connections:
             return
         task.supervisor = self
         self.clients[task] = (client, address)
-        log.info("connection from %s", peer)
+        self.stats.accepted += 1
+        if not self.proxy_protocol:
+            log.info("connection from %s", peer)
         if self.idle_timeout:
             self.activity[task] = (client.bytes_in, time.monotonic())
 
     @types.coroutine
-    def handshake_first(self, client: Socket, address: Any) -> Generator[Any, Any, Any]:
-        """A TLS connection's task: the handshake, then the handler, which a failed handshake never reaches."""
-        assert self.tls is not None
-        try:
-            yield from client.start_tls(self.tls, server_side=True, handshake_timeout=self.handshake_timeout)
-        except OSError as error:  # ssl.SSLError, a reset, or TaskTimeout (a TimeoutError)
-            reason = str(error) or type(error).__name__
-            log.warning("connection %s: TLS handshake failed: %s", format_address(address), reason)
-            return None
+    def prelude_first(self, client: Socket, address: Any) -> Generator[Any, Any, Any]:
+        """The task of a connection that begins with a PROXY header or a TLS handshake (or both, in
+        that order): those first, then the handler, which a connection that fails them never reaches."""
+        if self.proxy_protocol:
+            try:
+                header = yield from read_proxy_header(client, self.proxy_timeout)
+            except (ProxyProtocolError, OSError) as error:
+                self.stats.proxy_rejections += 1
+                log.warning("connection %s: rejected: %s", format_address(address), error)
+                return None
+            if header.source is not None:
+                task = yield from traps.current_task()
+                self.clients[task] = (client, header.source)
+                log.info("connection from %s via %s", format_address(header.source), format_address(address))
+                address = header.source
+            else:  # LOCAL (the proxy's own health check) or UNKNOWN: the connection's own address
+                log.info("connection from %s (PROXY %s)", format_address(address), header.command)
+        if self.tls is not None:
+            try:
+                yield from client.start_tls(self.tls, server_side=True, handshake_timeout=self.handshake_timeout)
+            except OSError as error:  # ssl.SSLError, a reset, or TaskTimeout (a TimeoutError)
+                self.stats.handshake_failures += 1
+                reason = str(error) or type(error).__name__
+                log.warning("connection %s: TLS handshake failed: %s", format_address(address), reason)
+                return None
         return (yield from traps.run_awaitable(self.handler(client, address)))
 
     @property
@@ -147,6 +227,8 @@ class _Connections:
 
     def child_done(self, task: Task) -> None:
         client, address = self.clients.pop(task)
+        self.stats._closed_bytes_in += client.bytes_in
+        self.stats._closed_bytes_out += client.bytes_out
         client.close()
         self.activity.pop(task, None)
         if self.slot_waiters:
@@ -179,6 +261,7 @@ class _Connections:
     def stop(self) -> None:
         if self.sweeper is not None:
             self.sweeper.cancel()
+        self.stats._connections = None
 
 
 @types.coroutine
@@ -191,6 +274,9 @@ def serve(
     nodelay: bool = True,
     ssl: SSLContext | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    proxy_protocol: bool = False,
+    proxy_timeout: float = PROXY_HEADER_TIMEOUT,
+    stats: ServerStats | None = None,
 ) -> Generator[Any, Any, None]:
     """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``.
 
@@ -200,10 +286,24 @@ def serve(
     ``ssl`` (a server-side :class:`ssl.SSLContext`, accepting TLS 1.2 or newer) makes it a TLS
     server: ``handler`` gets a :class:`Socket` that reads and writes plaintext, once the
     handshake is done; a handshake not done within ``handshake_timeout`` seconds fails.
+
+    ``proxy_protocol`` requires a PROXY protocol header first on each connection (within
+    ``proxy_timeout`` seconds); ``handler`` then gets the original client's address.
+    ``stats`` is counted into, for whoever reports on the server.
     """
     if ssl is not None:
         check_tls_version(ssl)
-    connections = _Connections(current_kernel(), handler, max_clients, idle_timeout, ssl, handshake_timeout)
+    connections = _Connections(
+        current_kernel(),
+        handler,
+        max_clients,
+        idle_timeout,
+        ssl,
+        handshake_timeout,
+        proxy_protocol,
+        proxy_timeout,
+        stats,
+    )
     connections.nodelay = nodelay and listener.family in (socket.AF_INET, socket.AF_INET6)
     try:
         yield from _accept_forever(listener, connections)
@@ -233,6 +333,7 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
                 if error.errno not in _EXHAUSTED:
                     raise
                 if not pause:
+                    connections.stats.accept_pauses += 1
                     log.warning("accept failed (%s): pausing until resources free up", error.strerror)
                 pause = min(pause * 2 or 0.05, 1.0)
                 yield from traps.sleep(pause)
@@ -261,6 +362,8 @@ def tcp_server(
     nodelay: bool = True,
     ssl: SSLContext | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    proxy_protocol: bool = False,
+    stats: ServerStats | None = None,
 ) -> Generator[Any, Any, None]:
     """Listen on ``address`` and serve each connection with ``handler(client, address)`` (over TLS with ``ssl``)."""
     listener = tcp_listen(address, backlog=backlog, reuse_port=reuse_port)
@@ -274,4 +377,6 @@ def tcp_server(
             nodelay=nodelay,
             ssl=ssl,
             handshake_timeout=handshake_timeout,
+            proxy_protocol=proxy_protocol,
+            stats=stats,
         )

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import traps
+from ..core.kernel import Cancelled
 from ..io.sockets import Socket, format_address
 from ..io.udp import udp_bind
 
@@ -48,6 +49,7 @@ DatagramHandler = Callable[[bytes, Any], Any]
 
 MAX_DATAGRAM = 65535  # larger than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6)
 _DATAGRAMS_PER_TURN = 64  # then let the other tasks run
+_DRAIN_LIMIT = 4096  # datagrams answered at most when cancelled: the buffer holds a few hundred
 
 
 @dataclass(slots=True)
@@ -59,6 +61,8 @@ class DatagramCounters:
     truncated: int = 0  # larger than max_size: dropped, not handled
     dropped_replies: int = 0  # replies the system refused to send (EMSGSIZE and the like)
     handler_errors: int = 0  # the handler raised, or returned something that is not bytes
+    bytes_in: int = 0  # of the datagrams handled
+    bytes_out: int = 0  # of the replies sent
 
     def __str__(self) -> str:
         return (
@@ -75,19 +79,40 @@ def serve_datagrams(
     max_size: int = MAX_DATAGRAM,
     counters: DatagramCounters | None = None,
 ) -> Generator[Any, Any, None]:
-    """Answer every datagram arriving on ``sock`` with what ``handler(data, address)`` returns, forever."""
+    """Answer every datagram arriving on ``sock`` with what ``handler(data, address)`` returns, forever.
+
+    When cancelled (a shutdown), it first answers the datagrams already waiting in the socket's
+    buffer (those a plain function handler answers at once), as a stream server echoes what it
+    had received before it closes.
+    """
     if max_size < 1:
         raise ValueError("max_size must be at least 1")
     if counters is None:
         counters = DatagramCounters()
     buffer = bytearray(max_size)
+    # Linux returns a datagram's real length with MSG_TRUNC, so one that did not fit is seen.
+    flags = getattr(socket, "MSG_TRUNC", 0)
+    handler_name = getattr(handler, "__qualname__", "handler")
+    try:
+        yield from _serve_forever(sock, handler, handler_name, max_size, counters, buffer, flags)
+    except Cancelled:
+        _answer_waiting(sock, handler, max_size, counters, buffer, flags)
+        raise
+
+
+def _serve_forever(
+    sock: Socket,
+    handler: DatagramHandler,
+    handler_name: str,
+    max_size: int,
+    counters: DatagramCounters,
+    buffer: bytearray,
+    flags: int,
+) -> Generator[Any, Any, None]:
     view = memoryview(buffer)
     raw = sock.socket
     receive = raw.recvfrom_into
     sendto = raw.sendto
-    # Linux returns a datagram's real length with MSG_TRUNC, so one that did not fit is seen.
-    flags = getattr(socket, "MSG_TRUNC", 0)
-    handler_name = getattr(handler, "__qualname__", "handler")
     while True:
         for _ in range(_DATAGRAMS_PER_TURN):
             try:
@@ -105,6 +130,7 @@ def serve_datagrams(
                     max_size,
                 )
                 continue
+            counters.bytes_in += size
             try:
                 reply = handler(bytes(view[:size]), address)
                 if reply is None:
@@ -118,7 +144,7 @@ def serve_datagrams(
                 log.exception("udp: %s failed on a datagram from %s", handler_name, format_address(address))
                 continue
             try:
-                sendto(reply, address)
+                counters.bytes_out += sendto(reply, address)
                 counters.datagrams_out += 1
             except BlockingIOError:
                 yield from _send_when_writable(sock, reply, address, counters)
@@ -148,7 +174,7 @@ def _send_when_writable(
     while True:
         yield sock.writable
         try:
-            sock.socket.sendto(reply, address)
+            counters.bytes_out += sock.socket.sendto(reply, address)
         except BlockingIOError:
             continue
         except OSError as error:
@@ -156,6 +182,35 @@ def _send_when_writable(
             return
         counters.datagrams_out += 1
         return
+
+
+def _answer_waiting(
+    sock: Socket, handler: DatagramHandler, max_size: int, counters: DatagramCounters, buffer: bytearray, flags: int
+) -> None:
+    """Answer what is already in the receive buffer, without waiting for anything (bounded)."""
+    raw = sock.socket
+    for _ in range(_DRAIN_LIMIT):
+        try:
+            size, address = raw.recvfrom_into(buffer, 0, flags)
+        except OSError:  # BlockingIOError: nothing more is waiting
+            return
+        counters.datagrams_in += 1
+        if size > max_size:
+            counters.truncated += 1
+            continue
+        counters.bytes_in += size
+        try:
+            reply = handler(bytes(buffer[:size]), address)
+        except Exception:
+            counters.handler_errors += 1
+            log.exception("udp: the handler failed on a datagram from %s", format_address(address))
+            continue
+        if isinstance(reply, (bytes, bytearray, memoryview)):
+            try:
+                counters.bytes_out += raw.sendto(reply, address)
+                counters.datagrams_out += 1
+            except OSError as error:
+                _dropped(counters, reply, address, error)
 
 
 def _dropped(counters: DatagramCounters, reply: Any, address: Any, error: OSError) -> None:

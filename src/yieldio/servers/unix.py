@@ -45,7 +45,7 @@ from typing import Any
 
 from ..io.sockets import Socket
 from ..io.unix import UnixPath, format_unix_address, is_abstract
-from .tcp import Handler, serve
+from .tcp import Handler, ServerStats, serve
 
 log = logging.getLogger("yieldio")
 
@@ -136,6 +136,8 @@ def unix_server(
     backlog: int = 1024,
     max_clients: int | None = None,
     idle_timeout: float | None = None,
+    proxy_protocol: bool = False,
+    stats: ServerStats | None = None,
 ) -> Generator[Any, Any, None]:
     """Listen at ``path`` and serve each connection with ``handler(client, address)``, as ``tcp_server`` does.
 
@@ -144,4 +146,11 @@ def unix_server(
     listener = unix_listen(path, backlog=backlog)
     log.info("listening on %s", format_unix_address(listener.path))
     with listener:
-        yield from serve(listener, handler, max_clients=max_clients, idle_timeout=idle_timeout)
+        yield from serve(
+            listener,
+            handler,
+            max_clients=max_clients,
+            idle_timeout=idle_timeout,
+            proxy_protocol=proxy_protocol,
+            stats=stats,
+        )
