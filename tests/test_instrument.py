@@ -149,7 +149,7 @@ def test_an_instrument_that_raises_is_removed_and_logged_and_the_program_goes_on
 
 def test_yieldio_trace_env_traces_the_serve_command(serve_process: ProcessServers) -> None:
     server = serve_process.start([sys.executable, "-m", "yieldio", "serve", "--port", "0"], env={"YIELDIO_TRACE": "1"})
-    server.wait_log(re.compile(rb"spawn\s+#\d+\s+accept_loop"))
+    server.wait_log(re.compile(rb"spawn\s+#\d+\s+listener 127.0.0.1:\d+"))
     with connect(server.address) as client:
         client.sendall(b"traced")
         assert recv_exactly(client, 10) == b"GOT:traced"

@@ -10,17 +10,21 @@ import argparse
 import logging
 import os
 import resource
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, NoReturn
 
 from ..core.runner import SignalRoute, new_kernel, run
-from ..io.sockets import Socket, format_address
-from ..servers.tcp import serve, tcp_listen
 from ..version import __version__
 from .client import STDIN, Outcome, nonblocking, stdin_is_open, talk
 from .echo import DEFAULT_MAX_LINE, make_echo_handler
+from .listen_urls import BadListenURL, ListenURL, parse_listen_list, parse_listen_url
+from .listeners import EchoOptions, Listener, SetupError, close_all, load_tls_context, open_listeners, serve_all
+from .metrics import MetricsUnavailable, make_registry
+from .metrics import check_available as check_metrics
+from .metrics import make_handler as make_metrics_handler
 from .workers import supervise
 
 log = logging.getLogger("yieldio")
@@ -51,6 +55,13 @@ def _bounded(convert: Callable[[str], Any], what: str, low: float, high: float |
         return value
 
     return parse
+
+
+def _listen_url(text: str) -> ListenURL:
+    try:
+        return parse_listen_url(text)
+    except BadListenURL as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 _listen_port = _bounded(int, "port", 0, 65535)
@@ -115,6 +126,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, _FromEnvironment]
         "Every flag can also be set by the environment variable named in its help; a flag given here wins.",
     )
     env = _FromEnvironment()
+    serve.add_argument(
+        "--listen",
+        action="append",
+        type=_listen_url,
+        metavar="URL",
+        help="a listener: tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT or unix:PATH; repeat for several "
+        "(an empty HOST is every address, IPv6 in brackets; default: the --host/--port TCP listener) "
+        "[env YIELDIO_LISTEN, comma-separated]",
+    )
     env.add(
         serve,
         "--host",
@@ -123,6 +143,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, _FromEnvironment]
         help="address to listen on; '' or 0.0.0.0 for all IPv4, :: for all IPv6",
     )
     env.add(serve, "--port", "YIELDIO_PORT", 25000, type=_listen_port, help="TCP port; 0 picks a free one")
+    env.add(serve, "--tls-cert", "YIELDIO_TLS_CERT", None, metavar="FILE", help="certificate chain for tls:// (PEM)")
+    env.add(serve, "--tls-key", "YIELDIO_TLS_KEY", None, metavar="FILE", help="its private key (PEM)")
+    env.add(
+        serve,
+        "--proxy-protocol",
+        "YIELDIO_PROXY_PROTOCOL",
+        False,
+        action="store_true",
+        help="expect a PROXY protocol header (v1 or v2) first on each TCP, TLS and Unix connection, "
+        "as a load balancer sends it; the original client's address is logged",
+    )
+    env.add(
+        serve,
+        "--metrics",
+        "YIELDIO_METRICS",
+        None,
+        type=_metrics_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs yieldio[metrics])",
+    )
     env.add(
         serve, "--prefix", "YIELDIO_PREFIX", "GOT:", help="bytes put before each reply; '' gives a plain RFC 862 echo"
     )
@@ -213,39 +253,107 @@ def _add_log_level(parser: argparse.ArgumentParser, env: _FromEnvironment, defau
     )
 
 
+def _listen_urls(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: dict[str, str]) -> list[ListenURL]:
+    """--listen URLs (or YIELDIO_LISTEN's), else the --host/--port shorthand for one TCP listener."""
+    if args.listen:
+        return list(args.listen)
+    if environ.get("YIELDIO_LISTEN", "").strip():
+        try:
+            return parse_listen_list(environ["YIELDIO_LISTEN"])
+        except BadListenURL as error:
+            parser.error(f"YIELDIO_LISTEN: {error}")
+    return [ListenURL("tcp", host=args.host, port=args.port)]
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    """--metrics HOST:PORT (an empty host is every address; IPv6 in brackets)."""
+    try:
+        url = parse_listen_url(f"tcp://{text}")
+    except BadListenURL:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (':9090' for every address), not {text!r}") from None
+    return url.host, url.port
+
+
 def serve_command(args: argparse.Namespace) -> int:
-    """``yieldio serve``: the echo server, in this process or in ``--workers`` processes."""
+    """``yieldio serve``: the echo server on every listener, in this process or in ``--workers`` processes.
+
+    Everything that can be refused is checked before anything is served: the listeners are
+    opened (all or none), the certificate loaded, the metrics library found.
+    """
+    urls: list[ListenURL] = args.listen_urls
     reuse_port = args.workers > 1
     try:
-        listener = tcp_listen((args.host, args.port), backlog=args.backlog, reuse_port=reuse_port)
-    except (OSError, UnicodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        print(f"yieldio: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        tls = _tls_context(args, urls)
+        if args.metrics is not None:
+            check_metrics()
+            if reuse_port:
+                raise SetupError("--metrics with --workers is not supported: each worker counts only its own traffic")
+        listeners = open_listeners(urls, backlog=args.backlog, reuse_port=reuse_port)
+    except (SetupError, MetricsUnavailable) as error:
+        print(f"yieldio: {error}", file=sys.stderr)
         return 1
+    metrics: list[Listener] = []
+    if args.metrics is not None:
+        try:
+            metrics = open_listeners([ListenURL("tcp", *args.metrics)], backlog=args.backlog)
+        except SetupError as error:
+            close_all(listeners)
+            print(f"yieldio: metrics: {error}", file=sys.stderr)
+            return 1
     _raise_descriptor_limit()
     prefix = os.fsencode(args.prefix)  # the bytes given, even those that are not UTF-8
-    handler = make_echo_handler(prefix, args.framing, args.max_line)
-    address = listener.getsockname()
-    announce.info("listening on %s (echo, framing=%s, prefix=%r)", format_address(address), args.framing, prefix)
+    options = EchoOptions(
+        handler=make_echo_handler(prefix, args.framing, args.max_line),
+        prefix=prefix,
+        max_clients=args.max_clients,
+        idle_timeout=args.idle_timeout,
+        proxy_protocol=args.proxy_protocol,
+        tls=tls,
+    )
+    for listener in listeners:
+        proxied = ", PROXY protocol" if args.proxy_protocol and listener.url.is_stream else ""
+        announce.info("listening on %s (echo, framing=%s, prefix=%r%s)", listener.label, args.framing, prefix, proxied)
+    for endpoint in metrics:
+        announce.info("metrics on http://%s/metrics", endpoint.label)
 
-    def serve_here(listener: Socket) -> int:
-        async def accept_loop() -> None:
-            with listener:
-                await serve(listener, handler, max_clients=args.max_clients, idle_timeout=args.idle_timeout)
+    def serve_here(listeners: list[Listener]) -> int:
+        async def echo_server() -> None:
+            endpoint = None
+            if metrics:
+                registry = make_registry([(listener.label, listener.stats) for listener in listeners])
+                endpoint = (metrics[0], make_metrics_handler(registry))
+            await serve_all(listeners, options, endpoint)
 
-        run(accept_loop, trace=args.trace)
+        run(echo_server, trace=args.trace)
         log.info("stopped")
         return 0
 
     if not reuse_port:
-        return serve_here(listener)
+        return serve_here(listeners)
+
+    # Each worker opens TCP, TLS and UDP sockets of its own on the ports the check above got
+    # (SO_REUSEPORT: the kernel balances between them); a Unix socket is shared, opened once.
+    shared = [listener for listener in listeners if listener.url.kind == "unix"]
+    ports = [listener.url for listener in listeners if listener.url.kind != "unix"]
+    close_all([listener for listener in listeners if listener.url.kind != "unix"])
 
     def worker() -> int:
-        # each worker listens on a socket of its own, so the kernel balances connections between them
-        return serve_here(tcp_listen((args.host, address[1]), backlog=args.backlog, reuse_port=True))
+        return serve_here(shared + open_listeners(ports, backlog=args.backlog, reuse_port=True))
 
-    listener.close()  # it only checked the address: a socket nobody accepts on would strand clients
-    return supervise(args.workers, worker)
+    try:
+        return supervise(args.workers, worker)
+    finally:
+        close_all(shared)
+
+
+def _tls_context(args: argparse.Namespace, urls: list[ListenURL]) -> ssl.SSLContext | None:
+    if not any(url.kind == "tls" for url in urls):
+        if args.tls_cert or args.tls_key:
+            log.warning("--tls-cert and --tls-key are for tls:// listeners; there is none")
+        return None
+    if not args.tls_cert or not args.tls_key:
+        raise SetupError("a tls:// listener needs --tls-cert FILE and --tls-key FILE")
+    return load_tls_context(args.tls_cert, args.tls_key)
 
 
 def connect_command(args: argparse.Namespace) -> int:
@@ -276,7 +384,10 @@ def _raise_descriptor_limit() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, from_environment = build_parser()
     args = parser.parse_args(argv)
-    from_environment[args.command].apply(parser, args, dict(os.environ))
+    environ = dict(os.environ)
+    from_environment[args.command].apply(parser, args, environ)
+    if args.command == "serve":
+        args.listen_urls = _listen_urls(parser, args, environ)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(message)s",

@@ -53,11 +53,16 @@ def _resolve(host: str, port: int) -> tuple[int, Any]:
     return family, address
 
 
-def udp_bind(address: tuple[str, int], *, reuse_port: bool = False) -> Socket:
-    """A datagram :class:`~.sockets.Socket` bound to ``(host, port)`` (IPv4 or IPv6; '' is every IPv4 address)."""
+def udp_bind(address: tuple[str, int], *, reuse_port: bool = False, dual_stack: bool = False) -> Socket:
+    """A datagram :class:`~.sockets.Socket` bound to ``(host, port)`` (IPv4 or IPv6; '' is every IPv4 address).
+
+    ``dual_stack`` makes an IPv6 socket take IPv4 datagrams too (see ``tcp_listen``).
+    """
     family, bind_address = _resolve(address[0], address[1])
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if dual_stack and family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(bind_address)

@@ -70,13 +70,21 @@ def resolve(host: str, port: int) -> tuple[int, Any]:
     return family, address
 
 
-def tcp_listen(address: tuple[str, int], *, backlog: int = 1024, reuse_port: bool = False) -> Socket:
-    """A bound, listening, non-blocking socket (IPv4 or IPv6, SO_REUSEADDR set)."""
+def tcp_listen(
+    address: tuple[str, int], *, backlog: int = 1024, reuse_port: bool = False, dual_stack: bool = False
+) -> Socket:
+    """A bound, listening, non-blocking socket (IPv4 or IPv6, SO_REUSEADDR set).
+
+    ``dual_stack`` makes an IPv6 socket take IPv4 connections too (``('::', port)`` is then every
+    address of both families; IPv4 peers appear as ``::ffff:a.b.c.d``).
+    """
     host, port = address[0], address[1]
     family, bind_address = resolve(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if dual_stack and family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(bind_address)

@@ -1,0 +1,172 @@
+"""The echo server's listeners: all opened before any is served, then served by one kernel.
+
+``yieldio serve`` may listen on TCP, TLS, UDP and Unix sockets at once
+(:mod:`.listen_urls` says how they are written). Two rules shape this module:
+
+*Nothing half-started.* Every listener is opened, and the TLS certificate
+loaded, before the first connection is accepted; if any of that fails (a
+busy port, a missing directory, a key that does not match its certificate),
+the ones already opened are closed again and the command ends with one line
+saying which listener and why (:class:`SetupError`).
+
+*One kernel, one task per listener.* Each listener's accept loop (or
+datagram loop) is a task; connections are tasks of their own; SIGTERM
+cancels them all, and each kind drains as it knows how: a stream connection
+echoes what it had received (over TLS too, then close_notify), a datagram
+loop answers the datagrams already waiting, and a Unix listener removes its
+socket file when it closes.
+
+An empty host (``tcp://:9000``) means every address of both families: an
+IPv6 socket that also takes IPv4 (where the system has no IPv6, every IPv4
+address).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import ssl
+import types
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..core.scopes import TaskGroup
+from ..io.sockets import Socket, format_address
+from ..io.udp import udp_bind
+from ..servers.tcp import ServerStats, serve, tcp_listen
+from ..servers.udp import DatagramCounters, serve_datagrams
+from ..servers.unix import unix_listen
+from .listen_urls import ListenURL
+
+
+class SetupError(Exception):
+    """The server cannot start as configured: one line for the user, nothing left listening."""
+
+
+@dataclass
+class Listener:
+    """An opened listener: its URL (with the port it got), its socket, what it counts."""
+
+    url: ListenURL
+    sock: Socket
+    stats: ServerStats | DatagramCounters
+
+    @property
+    def label(self) -> str:
+        """How logs and metrics name it: ``127.0.0.1:9000`` for TCP, ``udp://[::]:9000``, ``unix:/path``."""
+        if self.url.kind == "unix":
+            return format_address(self.url.path)
+        address = format_address(self.sock.getsockname())
+        return address if self.url.kind == "tcp" else f"{self.url.kind}://{address}"
+
+
+@dataclass(frozen=True)
+class EchoOptions:
+    """What every listener's echo shares."""
+
+    handler: Callable[[Socket, Any], Any]  # the stream echo (apps.echo.make_echo_handler)
+    prefix: bytes  # for datagrams: each is answered with prefix + datagram
+    max_clients: int | None = None
+    idle_timeout: float | None = None
+    proxy_protocol: bool = False
+    tls: ssl.SSLContext | None = None
+
+
+def load_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context (TLS 1.2 or newer, the ssl module's defaults) with this certificate and key."""
+    for what, path in (("certificate", cert), ("key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise SetupError(f"cannot read the TLS {what} {path}: {error.strerror}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        if "KEY_VALUES_MISMATCH" in str(error):
+            raise SetupError(f"the TLS key {key} does not belong to the certificate {cert}") from None
+        raise SetupError(f"cannot load the TLS certificate {cert} and key {key}: {error.reason or error}") from None
+    return context
+
+
+def open_listener(url: ListenURL, *, backlog: int, reuse_port: bool) -> Listener:
+    """Bind (and listen on) ``url``'s socket; OSError if the system refuses."""
+    if url.kind == "unix":
+        return Listener(url, unix_listen(url.path, backlog=backlog), ServerStats())
+    every = url.host == ""
+    for host in ("::", "") if every else (url.host,):
+        try:
+            if url.kind == "udp":
+                sock = udp_bind((host, url.port), reuse_port=reuse_port, dual_stack=every)
+            else:
+                sock = tcp_listen((host, url.port), backlog=backlog, reuse_port=reuse_port, dual_stack=every)
+        except OSError as error:
+            if host == "::" and error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                continue  # no IPv6 here: every IPv4 address, then
+            raise
+        stats: ServerStats | DatagramCounters = DatagramCounters() if url.kind == "udp" else ServerStats()
+        return Listener(replace(url, port=sock.getsockname()[1]), sock, stats)
+    raise AssertionError("unreachable: the IPv4 attempt either returned or raised")
+
+
+def open_listeners(urls: list[ListenURL], *, backlog: int, reuse_port: bool = False) -> list[Listener]:
+    """Open every listener, or none: on the first failure the others are closed and SetupError raised."""
+    opened: list[Listener] = []
+    try:
+        for url in urls:
+            try:
+                opened.append(open_listener(url, backlog=backlog, reuse_port=reuse_port))
+            except (OSError, UnicodeError) as error:
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                if isinstance(error, FileNotFoundError) and url.kind == "unix":
+                    reason = f"no such directory: {os.path.dirname(url.path) or '.'}"
+                raise SetupError(f"cannot listen on {url.display()}: {reason}") from None
+    except BaseException:
+        close_all(opened)
+        raise
+    return opened
+
+
+def close_all(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        listener.sock.close()
+
+
+@types.coroutine
+def serve_listener(listener: Listener, options: EchoOptions) -> Generator[Any, Any, None]:
+    """Echo on one listener until cancelled; its socket is closed when it ends."""
+    with listener.sock:
+        if isinstance(listener.stats, DatagramCounters):
+            prefix = options.prefix
+            yield from serve_datagrams(listener.sock, lambda data, _: prefix + data, counters=listener.stats)
+        else:
+            yield from serve(
+                listener.sock,
+                options.handler,
+                max_clients=options.max_clients,
+                idle_timeout=options.idle_timeout,
+                ssl=options.tls if listener.url.kind == "tls" else None,
+                proxy_protocol=options.proxy_protocol,
+                stats=listener.stats,
+            )
+
+
+async def serve_all(
+    listeners: list[Listener], options: EchoOptions, metrics: tuple[Listener, Callable[[Socket, Any], Any]] | None
+) -> None:
+    """Every listener in one kernel, each an accept (or datagram) loop of its own; and the metrics endpoint."""
+    async with TaskGroup() as group:
+        for listener in listeners:
+            await group.spawn(serve_listener(listener, options), name=f"listener {listener.label}")
+        if metrics is not None:
+            endpoint, handler = metrics
+            await group.spawn(_serve_metrics(endpoint, handler), name=f"metrics {endpoint.label}")
+
+
+@types.coroutine
+def _serve_metrics(listener: Listener, handler: Callable[[Socket, Any], Any]) -> Generator[Any, Any, None]:
+    with listener.sock:
+        yield from serve(listener.sock, handler, max_clients=64)

@@ -1,0 +1,145 @@
+"""Prometheus metrics for ``yieldio serve --metrics HOST:PORT``.
+
+The servers count what they do anyway (:class:`~yieldio.servers.tcp.ServerStats`,
+:class:`~yieldio.servers.udp.DatagramCounters`), in plain integers, on
+paths that run once per connection or per datagram. Nothing here adds to
+them: a custom collector reads them when Prometheus scrapes, so the
+per-message path pays nothing for metrics, and a server nobody scrapes
+pays nothing at all.
+
+The text comes from ``prometheus_client`` (the optional extra
+``yieldio[metrics]``): its exposition format is its business. The HTTP
+endpoint is a listener like the others, served by the same kernel: a scrape
+is one more short connection, read with a :class:`~yieldio.Stream`, with a
+deadline, so a client that never finishes its request holds nothing for
+long. Only ``GET /metrics`` (and ``HEAD``) is answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+from ..core.kernel import running_kernel
+from ..core.scopes import TaskTimeout, timeout_after
+from ..io.sockets import Socket, format_address
+from ..io.streams import IncompleteReadError, LimitOverrunError, Stream
+from ..servers.tcp import ServerStats
+from ..servers.udp import DatagramCounters
+
+try:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    AVAILABLE = True
+except ImportError:  # the optional extra is not installed: --metrics says so, nothing else needs it
+    AVAILABLE = False
+
+log = logging.getLogger("yieldio")
+
+REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send its request
+MAX_REQUEST = 8192  # bytes of request head accepted
+
+
+class MetricsUnavailable(RuntimeError):
+    """``prometheus_client`` is not installed."""
+
+
+Counted = tuple[str, ServerStats | DatagramCounters]  # (listener label, its counters)
+
+
+class EchoCollector:
+    """Reads the servers' counters at scrape time and gives them to ``prometheus_client``."""
+
+    def __init__(self, listeners: list[Counted]) -> None:
+        self.listeners = listeners
+
+    def collect(self) -> Iterator[Metric]:
+        def counter(name: str, text: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, text, labels=["listener"])
+
+        open_ = GaugeMetricFamily("yieldio_connections_open", "Connections open now", labels=["listener"])
+        accepted = counter("yieldio_connections_accepted", "Connections accepted")
+        bytes_in = counter("yieldio_received_bytes", "Bytes received")
+        bytes_out = counter("yieldio_sent_bytes", "Bytes sent")
+        datagrams_in = counter("yieldio_datagrams_received", "Datagrams received")
+        datagrams_out = counter("yieldio_datagrams_sent", "Datagrams sent")
+        too_large = counter("yieldio_datagrams_too_large", "Datagrams over the size limit, dropped")
+        dropped = counter("yieldio_replies_dropped", "Replies too large for one datagram, dropped, never split")
+        pauses = counter("yieldio_accept_pauses", "Times accepting paused for lack of descriptors or memory")
+        handshakes = counter("yieldio_tls_handshake_failures", "TLS handshakes that failed")
+        rejections = counter("yieldio_proxy_header_rejections", "Connections closed for a bad PROXY header")
+        for label, stats in self.listeners:
+            if isinstance(stats, ServerStats):
+                open_.add_metric([label], stats.open)
+                accepted.add_metric([label], stats.accepted)
+                bytes_in.add_metric([label], stats.bytes_in)
+                bytes_out.add_metric([label], stats.bytes_out)
+                pauses.add_metric([label], stats.accept_pauses)
+                handshakes.add_metric([label], stats.handshake_failures)
+                rejections.add_metric([label], stats.proxy_rejections)
+            else:
+                bytes_in.add_metric([label], stats.bytes_in)
+                bytes_out.add_metric([label], stats.bytes_out)
+                datagrams_in.add_metric([label], stats.datagrams_in)
+                datagrams_out.add_metric([label], stats.datagrams_out)
+                too_large.add_metric([label], stats.truncated)
+                dropped.add_metric([label], stats.dropped_replies)
+        yield from (open_, accepted, bytes_in, bytes_out, datagrams_in, datagrams_out, too_large, dropped)
+        yield from (pauses, handshakes, rejections)
+        kernel = running_kernel()  # the scrape is served by the kernel itself
+        alive = 0 if kernel is None else len(kernel.tasks())
+        yield GaugeMetricFamily("yieldio_tasks_alive", "Tasks the kernel runs now", value=alive)
+
+
+def make_registry(listeners: list[Counted]) -> Any:
+    check_available()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EchoCollector(listeners))
+    return registry
+
+
+def check_available() -> None:
+    """Raise :class:`MetricsUnavailable` now, before anything listens, if metrics cannot be served."""
+    if not AVAILABLE:
+        raise MetricsUnavailable("--metrics needs prometheus_client: pip install 'yieldio[metrics]'")
+
+
+def make_handler(registry: Any) -> Callable[[Socket, Any], Generator[Any, Any, None]]:
+    """The HTTP handler of the metrics endpoint (one request per connection)."""
+
+    @types.coroutine
+    def metrics_endpoint(client: Socket, address: Any) -> Generator[Any, Any, None]:
+        stream = Stream(client)
+        try:
+            head: bytes = yield from timeout_after(REQUEST_TIMEOUT, stream.readuntil(b"\r\n\r\n", MAX_REQUEST))
+        except (TaskTimeout, IncompleteReadError, LimitOverrunError, OSError) as error:
+            log.debug("metrics: %s: no request (%s)", format_address(address), type(error).__name__)
+            return
+        method, _, rest = head.partition(b" ")
+        target = rest.partition(b" ")[0]
+        if method not in (b"GET", b"HEAD"):
+            yield from _respond(
+                client, b"405 Method Not Allowed", b"text/plain", b"GET /metrics\n", b"Allow: GET, HEAD\r\n"
+            )
+        elif target.partition(b"?")[0] != b"/metrics":
+            yield from _respond(client, b"404 Not Found", b"text/plain", b"try /metrics\n")
+        else:
+            body = generate_latest(registry)
+            yield from _respond(client, b"200 OK", CONTENT_TYPE_LATEST.encode(), body, head_only=method == b"HEAD")
+
+    return metrics_endpoint
+
+
+@types.coroutine
+def _respond(
+    client: Socket, status: bytes, content_type: bytes, body: bytes, extra: bytes = b"", head_only: bool = False
+) -> Generator[Any, Any, None]:
+    head = (
+        b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type + b"\r\nContent-Length: "
+        + str(len(body)).encode() + b"\r\nConnection: close\r\n" + extra + b"\r\n"
+    )  # fmt: skip
+    yield from client.sendall(head if head_only else head + body)
