@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import threading
 import time
 
 import pytest
@@ -489,3 +490,22 @@ def test_main_ending_cancels_the_tasks_left_behind() -> None:
 
     assert yieldio.run(main) == "main done"
     assert cleanup == ["background"]
+
+
+def test_work_handed_over_by_a_thread_that_has_already_ended_is_run_not_called_a_deadlock() -> None:
+    kernel = Kernel()
+    waiters: list[yieldio.Task] = []
+    got: list[int] = []
+
+    def deliver(value: int) -> None:
+        got.append(value)
+        kernel.wake_all(waiters)
+
+    async def main() -> list[int]:
+        thread = threading.Thread(target=kernel.call_soon_threadsafe, args=(deliver, 7))
+        thread.start()
+        thread.join()  # the only other thread is gone before this task parks
+        await yieldio.traps.park(waiters)
+        return got
+
+    assert kernel.run(main) == [7]

@@ -382,7 +382,7 @@ class Kernel:
                 timeout = 0.0
             elif timers:
                 timeout = max(timers[0].deadline - monotonic(), 0.0)
-            elif readers or writers or threading.active_count() > 1:
+            elif readers or writers or self._from_threads or threading.active_count() > 1:
                 timeout = -1.0  # (another thread may yet hand work over: see call_soon_threadsafe)
             else:
                 raise RuntimeError(f"deadlock: no task can ever wake up: {list(self._tasks.values())}")
