@@ -393,7 +393,7 @@ def test_containerfile_parser_reads_continuations_quotes_and_stages() -> None:
 
 # --- the image's command, with the image's and the Deployment's environment -------------------
 
-LISTENING = re.compile(rb"listening on (tcp|udp)://127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(rb"listening on (?:(\w+)://)?127\.0\.0\.1:(\d+)")  # TCP's written without its scheme
 METRICS = re.compile(rb"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 
@@ -435,7 +435,6 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-@pytest.mark.skip(reason="needs --listen and env configuration (issue 10), not built yet")
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_image_command_with_the_deployments_environment_answers_nc(
     image_venv: Path, version: str, serve_process: ProcessServers, tmp_path: Path
@@ -454,7 +453,7 @@ def test_image_command_with_the_deployments_environment_answers_nc(
         ["env", "-i", *(f"{key}={value}" for key, value in env.items()), *image_command(runtime)]
     )
     server.wait_log(LISTENING, count=len(urls))
-    listening = [(kind.decode(), int(port)) for kind, port in LISTENING.findall(server.output())]
+    listening = [((kind or b"tcp").decode(), int(port)) for kind, port in LISTENING.findall(server.output())]
     assert sorted(kind for kind, _ in listening) == sorted(kind for kind, _, _ in urls)
 
     # a probe's port (a container port's name, or a TCP port's number) -> the port the system
