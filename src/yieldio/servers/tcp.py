@@ -8,8 +8,11 @@ adds is here, around that loop, never inside a connection's per-message path:
   closed when the handler ends, however it ends; a handler's exception is
   logged by the kernel and touches no other connection;
 - accept errors that mean "out of descriptors or memory" pause accepting
-  with a back-off instead of spinning, and recover by themselves; a client
-  that gave up in the backlog (ECONNABORTED) is simply skipped;
+  instead of spinning, and recover by themselves: the accept loop waits until
+  one of its connections closes (a descriptor is free again: it tries at
+  once) or a back-off runs out (50 ms, doubling up to 250 ms, for descriptors
+  freed elsewhere); a client that gave up in the backlog (ECONNABORTED) is
+  simply skipped;
 - ``max_clients`` stops accepting while that many connections are open (new
   clients wait in the listen backlog), ``idle_timeout`` closes a connection
   whose peer has sent nothing for that long, measured from the byte counter
@@ -46,6 +49,7 @@ from typing import Any
 
 from ..core import traps
 from ..core.kernel import Cancelled, Kernel, Task, Timer, current_kernel
+from ..core.scopes import TaskTimeout, timeout_after
 from ..io.sockets import HANDSHAKE_TIMEOUT, Socket, check_tls_version, format_address
 from .proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
 from .proxy_protocol import ProxyProtocolError, read_proxy_header
@@ -60,6 +64,7 @@ _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # accept() failures that concern one client that has already gone: skip it.
 _CLIENT_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET}
 _ACCEPTS_PER_TURN = 64  # then let the connections run, so a connect storm can't starve them
+_LONGEST_PAUSE = 0.25  # the back-off's ceiling: a descriptor freed elsewhere is noticed within it
 
 
 def resolve(host: str, port: int) -> tuple[int, Any]:
@@ -343,8 +348,8 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
                 if not pause:
                     connections.stats.accept_pauses += 1
                     log.warning("accept failed (%s): pausing until resources free up", error.strerror)
-                pause = min(pause * 2 or 0.05, 1.0)
-                yield from traps.sleep(pause)
+                pause = min(pause * 2 or 0.05, _LONGEST_PAUSE)
+                yield from _until_a_connection_ends(connections, pause)
                 break
             if pause:
                 log.info("accepting again")
@@ -356,6 +361,16 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
                 break
         else:
             yield from traps.sleep(0)
+
+
+@types.coroutine
+def _until_a_connection_ends(connections: _Connections, seconds: float) -> Generator[Any, Any, None]:
+    """Out of descriptors: wait until one of this server's connections closes (its descriptor is
+    free again: try at once), or ``seconds`` pass (something else may have freed one)."""
+    try:
+        yield from timeout_after(seconds, traps.park(connections.slot_waiters))
+    except TaskTimeout:
+        pass
 
 
 @types.coroutine
