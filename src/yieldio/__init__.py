@@ -31,9 +31,9 @@ from .core.runner import run, tasks
 from .core.scopes import TaskGroup, TaskTimeout, timeout_after
 from .core.sync import Condition, Event, Lock, Queue, QueueClosed, QueueEmpty, QueueFull, Semaphore
 from .core.traps import current_task, sleep, spawn, wait_readable, wait_writable
-from .io.sockets import Socket, connect_staggered, format_address, open_connection, run_in_thread
+from .io.sockets import DatagramTooLarge, Socket, connect_staggered, format_address, open_connection, run_in_thread
 from .io.streams import IncompleteReadError, LimitOverrunError, Stream, StreamBuffer
-from .io.udp import DatagramTooLarge, udp_bind
+from .io.udp import udp_bind
 from .io.unix import format_unix_address, open_unix_connection
 from .servers.tcp import serve, tcp_listen, tcp_server
 from .servers.udp import DatagramCounters, serve_datagrams, udp_server

@@ -5,5 +5,5 @@
   ``ssl=``); ``connect_staggered``; ``run_in_thread``; ``format_address``.
 - :mod:`.streams`: ``Stream``, buffered reads and writes; ``StreamBuffer``, its parser without I/O.
 - :mod:`.unix`: ``open_unix_connection``, ``format_unix_address``.
-- :mod:`.udp`: ``udp_bind``, ``DatagramTooLarge``.
+- :mod:`.udp`: ``udp_bind`` (``Socket.recvfrom`` raises ``DatagramTooLarge`` rather than cut a datagram).
 """

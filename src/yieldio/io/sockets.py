@@ -120,6 +120,21 @@ def format_address(address: Any) -> str:
     return str(address)
 
 
+class DatagramTooLarge(OSError):
+    """A datagram held more bytes than the buffer given to receive it; it was dropped whole.
+
+    ``size`` is its real length, ``limit`` the buffer's, ``address`` its sender.
+    """
+
+    def __init__(self, size: int, limit: int, address: Any) -> None:
+        super().__init__(
+            errno.EMSGSIZE, f"a {size}-byte datagram from {format_address(address)} did not fit in {limit} bytes"
+        )
+        self.size = size
+        self.limit = limit
+        self.address = address
+
+
 class Socket:
     """A non-blocking socket with awaitable ``accept``, ``connect``, ``recv``, ``send``... ; TLS or not.
 
@@ -262,8 +277,6 @@ class Socket:
             else:
                 self.bytes_in += len(data)
                 if len(data) > maxsize:
-                    from .udp import DatagramTooLarge  # imported here: udp.py imports this module
-
                     raise DatagramTooLarge(len(data), maxsize, address)
                 return data, address
 
@@ -281,8 +294,6 @@ class Socket:
                 self.bytes_in += received
                 limit = nbytes or memoryview(buffer).nbytes
                 if received > limit:
-                    from .udp import DatagramTooLarge  # imported here: udp.py imports this module
-
                     raise DatagramTooLarge(received, limit, address)
                 return received, address
 

@@ -23,26 +23,10 @@ processes of one server (``--workers``).
 
 from __future__ import annotations
 
-import errno
 import socket
 from typing import Any
 
-from .sockets import Socket, format_address
-
-
-class DatagramTooLarge(OSError):
-    """A datagram held more bytes than the buffer given to receive it; it was dropped whole.
-
-    ``size`` is its real length, ``limit`` the buffer's, ``address`` its sender.
-    """
-
-    def __init__(self, size: int, limit: int, address: Any) -> None:
-        super().__init__(
-            errno.EMSGSIZE, f"a {size}-byte datagram from {format_address(address)} did not fit in {limit} bytes"
-        )
-        self.size = size
-        self.limit = limit
-        self.address = address
+from .sockets import Socket
 
 
 def _resolve(host: str, port: int) -> tuple[int, Any]:
