@@ -46,6 +46,7 @@ SRC = ROOT / "src"
 MiB = 1024 * 1024
 # what every server says once it listens, whatever --log-level is; an IPv6 host is in brackets
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")
+LISTENER = re.compile(rb"listening on (\S+) \(")  # yieldio serve's line for each listener: its label
 FIGURES = os.environ.get("YIELDIO_FAULT_FIGURES", "/tmp/yieldio-fault-figures.json")
 
 T = TypeVar("T")
@@ -86,13 +87,17 @@ class ChildProcess:
     (:meth:`wait_log`, :meth:`wait_until`) are waits on a condition that thread signals.
     """
 
-    def __init__(self, command: Sequence[str | bytes], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, command: Sequence[str | bytes], env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()
+    ) -> None:
+        # pass_fds: descriptors the child inherits, e.g. a socket the test bound and listens on (HAProxy's fd@N)
         self.proc = subprocess.Popen(
             command,
             env=python_env() | (env or {}),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
         )
         self.ps = psutil.Process(self.proc.pid)
         self._log = bytearray()
@@ -211,9 +216,13 @@ class ServerProcess(ChildProcess):
     """A server process (``yieldio serve``, or any program that logs ``listening on HOST:PORT``), and its measures."""
 
     def __init__(
-        self, command: Sequence[str | bytes], host: str = "127.0.0.1", env: dict[str, str] | None = None
+        self,
+        command: Sequence[str | bytes],
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
-        super().__init__(command, env)
+        super().__init__(command, env, pass_fds)
         self.host = host
         self.port = 0  # known once it has said it
 
@@ -225,6 +234,12 @@ class ServerProcess(ChildProcess):
         """Wait for its ``listening on HOST:PORT`` line; the port (also in ``address`` from now on)."""
         self.port = int(self.wait_log(LISTENING, timeout=timeout).group(2))
         return self.port
+
+    def wait_listeners(self, count: int, timeout: float = 10.0) -> list[str]:
+        """Wait for ``yieldio serve``'s ``count`` ``listening on LABEL (...)`` lines (one per --listen); the labels,
+        in order: ``127.0.0.1:PORT``, ``tls://127.0.0.1:PORT``, ``udp://127.0.0.1:PORT``, ``unix:PATH``."""
+        self.wait_log(LISTENER, count=count, timeout=timeout)
+        return [label.decode() for label in LISTENER.findall(self.output())[:count]]
 
     def assert_healthy(self) -> None:
         """Still running, and nothing in its log that says a task or the server itself went wrong."""
@@ -305,10 +320,14 @@ class ProcessServers:
         return server
 
     def launch(
-        self, command: Sequence[str | bytes], host: str = "127.0.0.1", env: dict[str, str] | None = None
+        self,
+        command: Sequence[str | bytes],
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> ServerProcess:
-        """Start ``command`` and return at once: for a server that may refuse to start."""
-        server = ServerProcess(command, host, env)
+        """Start ``command`` and return at once: for a server that may refuse to start (or logs no port)."""
+        server = ServerProcess(command, host, env, pass_fds)
         self.started.append(server)
         return server
 
