@@ -169,4 +169,4 @@ async def serve_all(
 @types.coroutine
 def _serve_metrics(listener: Listener, handler: Callable[[Socket, Any], Any]) -> Generator[Any, Any, None]:
     with listener.sock:
-        yield from serve(listener.sock, handler, max_clients=64)
+        yield from serve(listener.sock, handler, max_clients=64, log_connections=False)  # scrapes: not news

@@ -163,6 +163,7 @@ class _Connections:
         proxy_protocol: bool = False,
         proxy_timeout: float = PROXY_HEADER_TIMEOUT,
         stats: ServerStats | None = None,
+        log_connections: bool = True,
     ):
         self.kernel = kernel
         self.handler = handler
@@ -176,6 +177,10 @@ class _Connections:
         self.proxy_timeout = proxy_timeout
         self.stats = stats or ServerStats()
         self.stats._connections = self
+        self.log_connections = log_connections
+        # connections whose opening was not logged (their PROXY header is awaited, or was
+        # refused): their closing is not logged either, so a refusal is one line
+        self.unannounced: set[Task] = set()
         self.clients: dict[Task, tuple[Socket, Any]] = {}  # connection task -> (its socket, peer address)
         self.slot_waiters: list[Task] = []
         self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
@@ -201,7 +206,9 @@ class _Connections:
         task.supervisor = self
         self.clients[task] = (client, address)
         self.stats.accepted += 1
-        if not self.proxy_protocol:
+        if self.proxy_protocol or not self.log_connections:
+            self.unannounced.add(task)
+        else:
             log.info("connection from %s", peer)
         if self.idle_timeout:
             self.activity[task] = (client.bytes_in, time.monotonic())
@@ -217,12 +224,15 @@ class _Connections:
                 self.stats.proxy_rejections += 1
                 log.warning("connection %s: rejected: %s", format_address(address), error)
                 return None
+            task = yield from traps.current_task()
+            if self.log_connections:
+                self.unannounced.discard(task)
             if header.source is not None:
-                task = yield from traps.current_task()
                 self.clients[task] = (client, header.source)
-                log.info("connection from %s via %s", format_address(header.source), format_address(address))
+                if self.log_connections:
+                    log.info("connection from %s via %s", format_address(header.source), format_address(address))
                 address = header.source
-            else:  # LOCAL (the proxy's own health check) or UNKNOWN: the connection's own address
+            elif self.log_connections:  # LOCAL (the proxy's own health check) or UNKNOWN: its own address
                 log.info("connection from %s (PROXY %s)", format_address(address), header.command)
         if self.tls is not None:
             try:
@@ -249,7 +259,10 @@ class _Connections:
         error = task.exception
         if error is not None and not isinstance(error, Cancelled):
             log.error("connection %s: %r failed", format_address(address), task.name, exc_info=error)
-        log.info("connection closed %s", format_address(address))
+        if task in self.unannounced:
+            self.unannounced.discard(task)
+        else:
+            log.info("connection closed %s", format_address(address))
 
     def connection_of(self, task: Task) -> tuple[str, int, int] | None:
         if task not in self.clients:
@@ -290,6 +303,7 @@ def serve(
     proxy_protocol: bool = False,
     proxy_timeout: float = PROXY_HEADER_TIMEOUT,
     stats: ServerStats | None = None,
+    log_connections: bool = True,
 ) -> Generator[Any, Any, None]:
     """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``.
 
@@ -302,7 +316,8 @@ def serve(
 
     ``proxy_protocol`` requires a PROXY protocol header first on each connection (within
     ``proxy_timeout`` seconds); ``handler`` then gets the original client's address.
-    ``stats`` is counted into, for whoever reports on the server.
+    ``stats`` is counted into, for whoever reports on the server. ``log_connections=False``
+    leaves out the INFO lines of each connection opening and closing.
     """
     if ssl is not None:
         check_tls_version(ssl)
@@ -316,6 +331,7 @@ def serve(
         proxy_protocol,
         proxy_timeout,
         stats,
+        log_connections,
     )
     connections.nodelay = nodelay and listener.family in (socket.AF_INET, socket.AF_INET6)
     try:
