@@ -86,7 +86,7 @@ CRASHING_WORKER = """
 import logging, sys
 from yieldio.apps.workers import supervise
 
-def work() -> int:
+def work(ready) -> int:
     raise RuntimeError("worker bug")
 
 logging.basicConfig(level="INFO", stream=sys.stderr)

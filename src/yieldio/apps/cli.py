@@ -310,11 +310,14 @@ def serve_command(args: argparse.Namespace) -> int:
         proxy_protocol=args.proxy_protocol,
         tls=tls,
     )
-    for listener in listeners:
-        proxied = ", PROXY protocol" if args.proxy_protocol and listener.url.is_stream else ""
-        announce.info("listening on %s (echo, framing=%s, prefix=%r%s)", listener.label, args.framing, prefix, proxied)
-    for endpoint in metrics:
-        announce.info("metrics on http://%s/metrics", endpoint.label)
+    labels = [(listener.label, listener.url.is_stream) for listener in listeners + metrics]
+
+    def say_where() -> None:
+        for label, is_stream in labels[: len(listeners)]:
+            proxied = ", PROXY protocol" if args.proxy_protocol and is_stream else ""
+            announce.info("listening on %s (echo, framing=%s, prefix=%r%s)", label, args.framing, prefix, proxied)
+        for label, _ in labels[len(listeners) :]:
+            announce.info("metrics on http://%s/metrics", label)
 
     def serve_here(listeners: list[Listener]) -> int:
         async def echo_server() -> None:
@@ -329,6 +332,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return 0
 
     if not reuse_port:
+        say_where()
         return serve_here(listeners)
 
     # Each worker opens TCP, TLS and UDP sockets of its own on the ports the check above got
@@ -337,11 +341,13 @@ def serve_command(args: argparse.Namespace) -> int:
     ports = [listener.url for listener in listeners if listener.url.kind != "unix"]
     close_all([listener for listener in listeners if listener.url.kind != "unix"])
 
-    def worker() -> int:
-        return serve_here(shared + open_listeners(ports, backlog=args.backlog, reuse_port=True))
+    def worker(ready: Callable[[], None]) -> int:
+        opened = shared + open_listeners(ports, backlog=args.backlog, reuse_port=True)
+        ready()
+        return serve_here(opened)
 
     try:
-        return supervise(args.workers, worker)
+        return supervise(args.workers, worker, on_ready=say_where)  # said once every worker listens
     finally:
         close_all(shared)
 

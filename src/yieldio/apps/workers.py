@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -24,26 +25,39 @@ from collections.abc import Callable
 log = logging.getLogger("yieldio")
 
 RESTART_PAUSE = 1.0  # seconds between restarts of workers that die within that long of starting
+READY_TIMEOUT = 10.0  # seconds the first workers get to open their sockets
 STOP_GRACE = 6.0  # seconds a worker gets for its graceful shutdown before it is killed
 
 
-def supervise(count: int, work: Callable[[], int]) -> int:
-    """Run ``work()`` in ``count`` forked processes until a signal asks them to stop."""
+def supervise(count: int, work: Callable[[Callable[[], None]], int], on_ready: Callable[[], None] | None = None) -> int:
+    """Run ``work(ready)`` in ``count`` forked processes until a signal asks them to stop.
+
+    A worker calls ``ready()`` once it can serve (its sockets are open); once every first
+    worker has (or READY_TIMEOUT has passed), the parent calls ``on_ready()``: where a server
+    says it listens, so that nobody is told before the workers are there.
+    """
     watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     workers: dict[int, float] = {}  # pid -> start time
+    ready_read, ready_write = os.pipe()
 
     def start() -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            os._exit(_run_worker(work))
+            os.close(ready_read)
+            os._exit(_run_worker(lambda: work(lambda: _say_ready(ready_write))))
         workers[pid] = time.monotonic()
         log.info("worker %d started", pid)
 
     try:
         for _ in range(count):
             start()
+        os.close(ready_write)
+        ready_write = -1  # restarted workers inherit a closed end: only the first ones report
+        _wait_ready(ready_read, count)
+        if on_ready is not None:
+            on_ready()
         while True:
             info = signal.sigwaitinfo(watched)
             if info.si_signo != signal.SIGCHLD:
@@ -56,6 +70,30 @@ def supervise(count: int, work: Callable[[], int]) -> int:
                 start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(ready_read)
+        if ready_write >= 0:
+            os.close(ready_write)
+
+
+def _say_ready(fd: int) -> None:
+    if fd >= 0:
+        os.write(fd, b"!")
+        os.close(fd)
+
+
+def _wait_ready(fd: int, count: int) -> None:
+    """Until ``count`` workers said they are ready, or all have exited, or READY_TIMEOUT has passed."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    ready = 0
+    while ready < count:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            log.warning("%d of %d workers ready after %ss", ready, count, READY_TIMEOUT)
+            return
+        said = os.read(fd, count)
+        if not said:  # every write end is closed: the rest exited before they were ready
+            return
+        ready += len(said)
 
 
 def _run_worker(work: Callable[[], int]) -> int:
