@@ -17,10 +17,11 @@ long. Only ``GET /metrics`` (and ``HEAD``) is answered.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import types
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.kernel import running_kernel
 from ..core.scopes import TaskTimeout, timeout_after
@@ -29,14 +30,8 @@ from ..io.streams import IncompleteReadError, LimitOverrunError, Stream
 from ..servers.tcp import ServerStats
 from ..servers.udp import DatagramCounters
 
-try:
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-    from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-    AVAILABLE = True
-except ImportError:  # the optional extra is not installed: --metrics says so, nothing else needs it
-    AVAILABLE = False
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("yieldio")
 
@@ -48,6 +43,16 @@ class MetricsUnavailable(RuntimeError):
     """``prometheus_client`` is not installed."""
 
 
+def prometheus() -> types.ModuleType:
+    """``prometheus_client``, imported when --metrics first needs it, not with this module: it is an
+    optional extra, and a server without --metrics should not carry its 5 MiB."""
+    try:
+        importlib.import_module("prometheus_client.core")
+        return importlib.import_module("prometheus_client")
+    except ImportError:
+        raise MetricsUnavailable("--metrics needs prometheus_client: pip install 'yieldio[metrics]'") from None
+
+
 Counted = tuple[str, ServerStats | DatagramCounters]  # (listener label, its counters)
 
 
@@ -56,12 +61,15 @@ class EchoCollector:
 
     def __init__(self, listeners: list[Counted]) -> None:
         self.listeners = listeners
+        self.families = prometheus().core
 
     def collect(self) -> Iterator[Metric]:
-        def counter(name: str, text: str) -> CounterMetricFamily:
-            return CounterMetricFamily(name, text, labels=["listener"])
+        counter_family, gauge_family = self.families.CounterMetricFamily, self.families.GaugeMetricFamily
 
-        open_ = GaugeMetricFamily("yieldio_connections_open", "Connections open now", labels=["listener"])
+        def counter(name: str, text: str) -> Any:
+            return counter_family(name, text, labels=["listener"])
+
+        open_ = gauge_family("yieldio_connections_open", "Connections open now", labels=["listener"])
         accepted = counter("yieldio_connections_accepted", "Connections accepted")
         bytes_in = counter("yieldio_received_bytes", "Bytes received")
         bytes_out = counter("yieldio_sent_bytes", "Bytes sent")
@@ -92,20 +100,18 @@ class EchoCollector:
         yield from (pauses, handshakes, rejections)
         kernel = running_kernel()  # the scrape is served by the kernel itself
         alive = 0 if kernel is None else len(kernel.tasks())
-        yield GaugeMetricFamily("yieldio_tasks_alive", "Tasks the kernel runs now", value=alive)
+        yield gauge_family("yieldio_tasks_alive", "Tasks the kernel runs now", value=alive)
 
 
 def make_registry(listeners: list[Counted]) -> Any:
-    check_available()
-    registry = CollectorRegistry(auto_describe=False)
+    registry = prometheus().CollectorRegistry(auto_describe=False)
     registry.register(EchoCollector(listeners))
     return registry
 
 
 def check_available() -> None:
     """Raise :class:`MetricsUnavailable` now, before anything listens, if metrics cannot be served."""
-    if not AVAILABLE:
-        raise MetricsUnavailable("--metrics needs prometheus_client: pip install 'yieldio[metrics]'")
+    prometheus()
 
 
 def make_handler(registry: Any) -> Callable[[Socket, Any], Generator[Any, Any, None]]:
@@ -128,8 +134,10 @@ def make_handler(registry: Any) -> Callable[[Socket, Any], Generator[Any, Any, N
         elif target.partition(b"?")[0] != b"/metrics":
             yield from _respond(client, b"404 Not Found", b"text/plain", b"try /metrics\n")
         else:
-            body = generate_latest(registry)
-            yield from _respond(client, b"200 OK", CONTENT_TYPE_LATEST.encode(), body, head_only=method == b"HEAD")
+            client_library = prometheus()
+            body = client_library.generate_latest(registry)
+            content_type = client_library.CONTENT_TYPE_LATEST.encode()
+            yield from _respond(client, b"200 OK", content_type, body, head_only=method == b"HEAD")
 
     return metrics_endpoint
 
