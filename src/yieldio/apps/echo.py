@@ -156,11 +156,13 @@ def echo_handler(
     feed = None if framer is None else framer.feed
     head = len(prefix) if feed is None else 0
     whole, into = _scratch_buffer(prefix if feed is None else b"")
+    # Every local here lives as long as the connection, idle or not, so the loop keeps few: no bound
+    # methods (sock.recv_into costs a few ns more per message than a local, and 72 bytes less per
+    # connection), and no view of the shared buffer while it waits (reply is let go before parking).
     sock = client.socket
-    recv_into = sock.recv_into
-    send = sock.send
     readable = client.readable
     writable = client.writable
+    reply: Any = None
     unsent: Any = b""  # the part of the current reply not yet sent (our own copy)
     try:
         # The per-message loop: wait, read, answer. Dense on purpose; see the module doc.
@@ -169,7 +171,7 @@ def echo_handler(
         while True:
             yield readable
             try:
-                received = recv_into(into)
+                received = sock.recv_into(into)
             except BlockingIOError:
                 continue
             if not received:
@@ -179,21 +181,24 @@ def echo_handler(
             if not reply:
                 continue
             try:
-                sent = send(reply)
+                sent = sock.send(reply)
             except BlockingIOError:
                 sent = 0
             client.bytes_out += sent
             if sent == len(reply):
+                reply = None
                 continue
             unsent = memoryview(bytes(reply[sent:]))  # the buffer is shared: keep the rest before waiting
+            reply = None
             while unsent:
                 yield writable
                 try:
-                    sent = send(unsent)
+                    sent = sock.send(unsent)
                 except BlockingIOError:
                     continue
                 client.bytes_out += sent
                 unsent = unsent[sent:]
+            unsent = b""
         unsent = b"" if framer is None else framer.close()
         if unsent:
             yield from client.sendall(unsent)

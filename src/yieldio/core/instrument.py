@@ -73,7 +73,8 @@ class Tracer(Instrument):
         self.stream = stream
 
     def _line(self, task: Task, event: str, detail: str = "") -> None:
-        line = f"{time.monotonic() - self.start:10.6f}  {event:<9} #{task.id:<4} {task.name:<32} {detail}".rstrip()
+        name = _name_with_peer(task)
+        line = f"{time.monotonic() - self.start:10.6f}  {event:<9} #{task.id:<4} {name:<32} {detail}".rstrip()
         (self.stream or sys.stderr).write(line + "\n")
 
     def task_spawned(self, task: Task) -> None:
@@ -108,6 +109,14 @@ class ConnectionOwner(Protocol):
     def connection_of(self, task: Task) -> tuple[str, int, int] | None:
         """(peer, bytes in, bytes out) of the connection ``task`` serves, if it serves one."""
         ...
+
+
+def _name_with_peer(task: Task) -> str:
+    """A connection task's name with its peer (a server names its tasks after the handler alone: a
+    string per connection would cost memory for every idle one)."""
+    owner = task.supervisor
+    connection = owner.connection_of(task) if isinstance(owner, ConnectionOwner) else None
+    return task.name if connection is None else f"{task.name} {connection[0]}"
 
 
 def describe(kernel: Kernel, task: Task) -> str:

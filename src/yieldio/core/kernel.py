@@ -112,7 +112,6 @@ class Task:
         "_joiners",
         "_next",
         "_send",
-        "_throw",
         "_timer",
         "coro",
         "created",
@@ -143,8 +142,7 @@ class Task:
         self.exception: BaseException | None = None
         self.watched = False  # someone will receive its outcome (run's main task), so don't log it
         self.supervisor: Supervisor | None = None  # told when it ends, and reports its failure
-        self._send = coro.send
-        self._throw = coro.throw
+        self._send = coro.send  # bound once: it runs at every resumption (throw, rarely, is looked up)
         self._next: Any = None  # the value to send at its next resumption
         self._exc: BaseException | None = None  # ... or the exception to throw
         # (task, wants the outcome) waiting for this one; a list only once someone waits (memory per task)
@@ -413,7 +411,7 @@ class Kernel:
                         trap = task._send(task._next)
                     else:
                         exc, task._exc = task._exc, None
-                        trap = task._throw(exc)
+                        trap = task.coro.throw(exc)
                 except StopIteration as stop:
                     self._finish(task, stop.value, None)
                     continue

@@ -45,6 +45,7 @@ import time
 import types
 from collections.abc import Callable, Generator
 from ssl import SSLContext
+from sys import intern
 from typing import Any
 
 from ..core import traps
@@ -198,7 +199,7 @@ class _Connections:
                 coro = self.handler(client, address)
             else:
                 coro = self.prelude_first(client, address)
-            task = self.kernel.spawn(coro, name=f"{self.handler_name} {peer}")
+            task = self.kernel.spawn(coro, name=self.handler_name)  # the peer is in self.clients
         except Exception:
             log.exception("connection %s: could not start %s", peer, self.handler_name)
             client.close()
@@ -372,6 +373,8 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
                 pause = 0.0
             if connections.nodelay:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if type(address) is tuple and type(address[0]) is str:  # one string per client host, not per connection
+                address = (intern(address[0]), *address[1:])
             connections.start(Socket(client), address)
             if max_clients is not None and connections.open >= max_clients:
                 break
