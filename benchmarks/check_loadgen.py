@@ -9,6 +9,13 @@ connections) plus a correct one, runs loadgen against each for a second,
 and asserts errors are reported for the faulty ones and none for the
 correct one.  Exit status 0 means every expectation held.
 
+The same servers then speak TLS (the ``ssl`` module, a certificate made for
+the check) to loadgen's ``--tls`` echo loop and to its ``--handshakes`` mode,
+whose every connection must complete a full handshake (none resumed).  In
+that mode closing after the first reply is what a correct server does (each
+connection carries one echo), so it must count no error; and a server that
+does not speak TLS at all must fail every handshake.
+
     python benchmarks/check_loadgen.py
 """
 
@@ -16,14 +23,21 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-from run import BUILD_DIR, LOADGEN_SRC, ensure_built  # run.py sits beside this script
+from run import ensure_loadgen, make_tls_files  # run.py sits beside this script
 
 Transform = Callable[[socket.socket, bytes], None]
+Case = tuple[str, Transform, bool]  # name, server behaviour, whether loadgen must report errors
+# name, the server's TLS context (None: plain TCP), loadgen flags, (conns, size) shapes, cases
+Mode = tuple[str, ssl.SSLContext | None, list[str], Sequence[tuple[int, int]], list[Case]]
 
 
 def correct(sock: socket.socket, data: bytes) -> None:
@@ -60,17 +74,19 @@ def cross_wire(sock: socket.socket, data: bytes) -> None:
     sock.sendall(reply)
 
 
-def serve(listener: socket.socket, transform: Transform, stop: threading.Event) -> None:
-    """Accept loop; a thread per connection applies ``transform`` to each chunk."""
+def serve(listener: socket.socket, transform: Transform, stop: threading.Event, tls: ssl.SSLContext | None) -> None:
+    """Accept loop; a thread per connection (TLS-wrapped with ``tls``) applies ``transform`` to each chunk."""
     listener.settimeout(0.2)
 
     def handle(conn: socket.socket) -> None:
-        with conn:
-            try:
+        try:
+            if tls is not None:
+                conn = tls.wrap_socket(conn, server_side=True)  # the handshake, in this thread
+            with conn:
                 while data := conn.recv(65536):
                     transform(conn, data)
-            except OSError:
-                pass
+        except OSError:  # ssl.SSLError included: the client's verdict is what the check reads
+            conn.close()
 
     while not stop.is_set():
         try:
@@ -83,16 +99,18 @@ def serve(listener: socket.socket, transform: Transform, stop: threading.Event) 
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
-def run_loadgen(transform: Transform, conns: int, size: int) -> dict:
+def run_loadgen(
+    loadgen: Path, transform: Transform, conns: int, size: int, tls: ssl.SSLContext | None, flags: list[str]
+) -> dict[str, Any]:
     stop = threading.Event()
     with socket.create_server(("127.0.0.1", 0), backlog=128) as listener:
         port = listener.getsockname()[1]
-        t = threading.Thread(target=serve, args=(listener, transform, stop), daemon=True)
+        t = threading.Thread(target=serve, args=(listener, transform, stop, tls), daemon=True)
         t.start()
         try:
             out = subprocess.run(
                 [
-                    str(BUILD_DIR / "loadgen"),
+                    str(loadgen),
                     "--port",
                     str(port),
                     "--conns",
@@ -105,6 +123,7 @@ def run_loadgen(transform: Transform, conns: int, size: int) -> dict:
                     "0.8",
                     "--connect-timeout",
                     "5",
+                    *flags,
                 ],
                 capture_output=True,
                 text=True,
@@ -114,12 +133,20 @@ def run_loadgen(transform: Transform, conns: int, size: int) -> dict:
         finally:
             stop.set()
             t.join(timeout=2)
-    return json.loads(out.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def server_tls_context(directory: Path) -> ssl.SSLContext:
+    files = make_tls_files(directory)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.cert, files.key)
+    return context
 
 
 def main() -> int:
-    ensure_built(LOADGEN_SRC, BUILD_DIR / "loadgen")
-    cases: list[tuple[str, Transform, bool]] = [
+    loadgen = ensure_loadgen()
+    cases: list[Case] = [
         ("correct", correct, False),
         ("prefix GOT:", prefix, True),
         ("reversed bytes", reverse, True),
@@ -127,18 +154,36 @@ def main() -> int:
         ("closes after first reply", close_after_first, True),
         ("cross-wired connections", cross_wire, True),
     ]
-    failures = 0
-    for name, transform, expect_errors in cases:
-        for conns, size in ((4, 1024), (2, 100 * 1024)):
-            res = run_loadgen(transform, conns, size)
-            got_errors = res["errors"] > 0
-            ok = got_errors == expect_errors and (expect_errors or res["requests"] > 0)
-            failures += not ok
-            print(
-                f"{'ok ' if ok else 'BAD'} {name:26s} conns={conns} size={size:6d}: "
-                f"requests={res['requests']} mismatches={res['mismatches']} resets={res['resets']}"
-            )
-    print(f"{len(cases) * 2 - failures} passed, {failures} failed")
+    with tempfile.TemporaryDirectory(prefix="check-loadgen-") as tmp:
+        tls = server_tls_context(Path(tmp))
+        modes: list[Mode] = [
+            ("plain", None, [], ((4, 1024), (2, 100 * 1024)), cases),
+            ("tls", tls, ["--tls"], ((4, 1024), (2, 100 * 1024)), cases),
+            (
+                "handshakes",
+                tls,
+                ["--tls", "--handshakes"],
+                ((4, 1024),),
+                [(name, t, expect and t is not close_after_first) for name, t, expect in cases],
+            ),
+            ("handshakes", None, ["--tls", "--handshakes"], ((4, 1024),), [("no TLS on the server", correct, True)]),
+        ]
+        failures = checks = 0
+        for mode, server_tls, flags, shapes, mode_cases in modes:
+            for name, transform, expect_errors in mode_cases:
+                for conns, size in shapes:
+                    res = run_loadgen(loadgen, transform, conns, size, server_tls, flags)
+                    got_errors = res["errors"] > 0
+                    ok = got_errors == expect_errors and (expect_errors or res["requests"] > 0)
+                    ok = ok and res.get("sessions_reused", 0) == 0
+                    checks += 1
+                    failures += not ok
+                    print(
+                        f"{'ok ' if ok else 'BAD'} {mode:10s} {name:26s} conns={conns} size={size:6d}: "
+                        f"requests={res['requests']} mismatches={res['mismatches']} resets={res['resets']} "
+                        f"handshake_failed={res.get('handshake_failed', 0)}"
+                    )
+    print(f"{checks - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 

@@ -24,6 +24,24 @@
  * --idle mode: connect, do exactly one echo per connection, report
  * "idle_ready", then hold the connections open until stdin reaches EOF (the
  * runner closes it after reading the server's RSS) or --hold seconds pass.
+ *
+ * --tls: the same echo loop over TLS 1.3 (OpenSSL), handshakes done in the
+ * connect phase so that the window measures the encrypted echo alone.  The
+ * plain path is untouched: TLS has its own send/receive functions, chosen
+ * once per event, so plain runs cost what they did before TLS existed.
+ * Certificates are not verified: the generator talks to a server it started
+ * itself on loopback, with a throw-away self-signed certificate, and checking
+ * a chain would only add client work that is not the server's.  Only TLS 1.3
+ * is offered and no session is ever resumed (no cache, no tickets kept), so
+ * every connection is a full handshake: ECDHE key exchange, the server's
+ * signature, its Finished.
+ *
+ * --tls --handshakes: the rate of new connections.  Each of N slots loops
+ * over a connection's whole life: connect, full handshake, one echo (checked
+ * as above), close_notify, then wait for the server to close its side before
+ * closing ours, so the server's teardown is inside the cycle too.  A
+ * "request" is one such cycle: requests/s is handshakes/s, and the latency is
+ * from connect() to the echo's last byte, what a new client waits.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,7 +50,11 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/objects.h>
+#include <openssl/ssl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +71,10 @@
 #define MAX_CONNECT_RETRIES 30
 #define SCRATCH_SIZE (256 * 1024)
 #define HDR_LEN (cfg.size < 8 ? cfg.size : 8)
+/* For the per-byte and per-request helpers that both the plain and the TLS
+ * path call: with two callers gcc would stop inlining them, and the plain
+ * path would pay calls it did not pay before TLS existed. */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* ---------------------------------------------------------------- time */
 
@@ -118,6 +144,8 @@ enum conn_state {
     C_BUSY,       /* a request is in flight */
     C_DONE,       /* idle mode: its one echo completed */
     C_DEAD,       /* failed for good */
+    C_HANDSHAKE,  /* TLS: TCP connected, handshake in progress */
+    C_CLOSING,    /* TLS handshake mode: close_notify sent, waiting for the server to close */
 };
 
 struct conn {
@@ -131,6 +159,10 @@ struct conn {
     size_t got;
     uint64_t t_start;
     uint64_t retry_at;
+    SSL *ssl;                  /* TLS mode only; NULL on the plain path */
+    int write_wants_out;       /* TLS: the send of a message waits for writability */
+    int read_wants_out;        /* TLS: the handshake, a read or the close waits for writability */
+    int close_sent;            /* TLS handshake mode: our close_notify is out */
     unsigned char hdr[8];      /* message bytes [0, HDR_LEN): connection id, seq */
     const unsigned char *body; /* message byte i >= HDR_LEN is body[i] (points into the pool) */
 };
@@ -146,6 +178,8 @@ struct config {
     int connect_batch;
     int idle;
     double hold;
+    int tls;
+    int handshakes; /* with tls: connection-rate mode */
 };
 
 struct stats {
@@ -157,6 +191,9 @@ struct stats {
     uint64_t lat_sum_ns;
     uint64_t lat_max_ns;
     uint64_t connect_retries;
+    uint64_t handshake_failed; /* TLS handshakes the server failed or broke off */
+    uint64_t tcp_connects;     /* TCP connections established, in every mode */
+    uint64_t sessions_reused;  /* TLS: must stay 0, every handshake is a full one */
 };
 
 static struct config cfg;
@@ -194,7 +231,7 @@ static void build_message(struct conn *c) {
 }
 
 /* Does data[0, n) equal message bytes [c->got, c->got + n)? */
-static int matches(const struct conn *c, const unsigned char *data, size_t n) {
+ALWAYS_INLINE int matches(const struct conn *c, const unsigned char *data, size_t n) {
     size_t pos = c->got;
     if (pos + n > cfg.size) return 0;
     if (pos < HDR_LEN) {
@@ -236,12 +273,21 @@ static void set_interest(struct conn *c, int want_out) {
     c->want_out = want_out;
 }
 
-static void kill_conn(struct conn *c) {
+/* Stop watching a connection's socket, close it and free its TLS state. */
+static void close_socket(struct conn *c) {
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     if (c->fd >= 0) {
         epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
         c->fd = -1;
     }
+}
+
+static void kill_conn(struct conn *c) {
+    close_socket(c);
     if (c->state != C_DEAD) alive--;
     c->state = C_DEAD;
 }
@@ -252,11 +298,7 @@ static int is_retryable(int err) {
 }
 
 static void schedule_retry(struct conn *c, int err) {
-    if (c->fd >= 0) {
-        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        close(c->fd);
-        c->fd = -1;
-    }
+    close_socket(c);
     if (is_retryable(err) && c->retries < MAX_CONNECT_RETRIES) {
         uint64_t backoff_ms = 5ull << (c->retries < 7 ? c->retries : 7); /* 5 ms .. 640 ms */
         c->retries++;
@@ -329,6 +371,20 @@ static void start_request(struct conn *c) {
 
 static uint64_t window_start_ns, window_end_ns;
 
+/* An echo came back whole: count it, and time it from c->t_start if it
+ * completed inside the measurement window. */
+ALWAYS_INLINE void count_echo(const struct conn *c) {
+    uint64_t t = now_ns();
+    uint64_t lat = t - c->t_start;
+    st.total_requests++;
+    if (t >= window_start_ns && t < window_end_ns) {
+        st.requests++;
+        st.lat_sum_ns += lat;
+        if (lat > st.lat_max_ns) st.lat_max_ns = lat;
+        hist[hist_index(lat)]++;
+    }
+}
+
 /* Returns 1 when the connection's request completed during this call. */
 static int recv_some(struct conn *c) {
     for (;;) {
@@ -347,15 +403,7 @@ static int recv_some(struct conn *c) {
             }
             c->got += (size_t)n;
             if (c->got == cfg.size) {
-                uint64_t t = now_ns();
-                uint64_t lat = t - c->t_start;
-                st.total_requests++;
-                if (t >= window_start_ns && t < window_end_ns) {
-                    st.requests++;
-                    st.lat_sum_ns += lat;
-                    if (lat > st.lat_max_ns) st.lat_max_ns = lat;
-                    hist[hist_index(lat)]++;
-                }
+                count_echo(c);
                 return 1;
             }
             continue;
@@ -370,6 +418,306 @@ static int recv_some(struct conn *c) {
         st.resets++;
         kill_conn(c);
         return 0;
+    }
+}
+
+/* ----------------------------------------------------------------- TLS */
+/*
+ * The same request engine over OpenSSL on the same non-blocking sockets and
+ * level-triggered epoll.  An SSL call that cannot go on says which readiness
+ * it waits for (SSL_ERROR_WANT_READ/WRITE): EPOLLIN is always watched, so
+ * only the wish for writability needs recording.  Two calls can wait at once,
+ * the send of a message and the reading side (handshake, echo, close), hence
+ * two flags; EPOLLOUT is watched while either is set, never otherwise (a
+ * writable socket would wake every epoll_wait).
+ */
+
+static SSL_CTX *tls_ctx;
+static unsigned char tls_out[SCRATCH_SIZE]; /* message bytes laid out contiguously for SSL_write */
+static int hs_stopping;                      /* handshake mode: the window is over, start no new cycle */
+static char tls_version[32], tls_cipher[64], tls_group[32]; /* as the first handshake negotiated them */
+
+static void tls_init(void) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx) { ERR_print_errors_fp(stderr); exit(2); }
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(tls_ctx, TLS1_3_VERSION);
+    /* No chain verification (see the top of this file); the server's
+     * CertificateVerify signature is still checked, as TLS 1.3 requires. */
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    /* No session cache and no session set on a new SSL: the tickets servers
+     * send are read and dropped, so no handshake is ever a resumption. */
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    /* A server closing without close_notify reads as an EOF, as on the plain
+     * path, not as a protocol error. */
+    SSL_CTX_set_options(tls_ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* SSL_write returns once some records are out, like send(); a retry
+     * after WANT_WRITE offers the same bytes from tls_out again. */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* OpenSSL's socket BIO writes with write(), not send(MSG_NOSIGNAL): a
+     * server's reset must be an error to count, not the generator's death. */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+enum tls_outcome { TLS_WANT_READ, TLS_WANT_WRITE, TLS_CLOSED, TLS_FAILED };
+
+/* What a failed SSL call (returning ret <= 0) means.  OpenSSL's error queue
+ * is emptied, so that a later SSL_get_error is not misled by leftovers. */
+static enum tls_outcome tls_outcome(const struct conn *c, int ret) {
+    int err = SSL_get_error(c->ssl, ret);
+    ERR_clear_error();
+    switch (err) {
+    case SSL_ERROR_WANT_READ: return TLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE: return TLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN: return TLS_CLOSED; /* close_notify, or EOF (IGNORE_UNEXPECTED_EOF) */
+    default: return TLS_FAILED;
+    }
+}
+
+static void tls_update_interest(struct conn *c) {
+    /* A connect in flight keeps the EPOLLOUT that reports its completion. */
+    if (c->fd >= 0 && c->state != C_CONNECTING) set_interest(c, c->write_wants_out || c->read_wants_out);
+}
+
+/* TCP is connected: attach a fresh SSL (no session: a full handshake). */
+static void tls_begin(struct conn *c) {
+    c->ssl = SSL_new(tls_ctx);
+    if (!c->ssl || !SSL_set_fd(c->ssl, c->fd)) { ERR_print_errors_fp(stderr); exit(2); }
+    SSL_set_connect_state(c->ssl);
+    c->state = C_HANDSHAKE;
+    c->write_wants_out = c->read_wants_out = 0;
+    c->close_sent = 0;
+}
+
+/* Drive the handshake: 1 done, 0 waiting for the socket, -1 failed (counted). */
+static int tls_handshake(struct conn *c) {
+    c->read_wants_out = 0;
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        if (SSL_session_reused(c->ssl)) st.sessions_reused++;
+        if (!tls_version[0]) {
+            snprintf(tls_version, sizeof tls_version, "%s", SSL_get_version(c->ssl));
+            snprintf(tls_cipher, sizeof tls_cipher, "%s", SSL_get_cipher_name(c->ssl));
+            int group = SSL_get_negotiated_group(c->ssl);
+            const char *name = group > 0 ? OBJ_nid2sn(group) : NULL;
+            snprintf(tls_group, sizeof tls_group, "%s", name ? name : "?");
+        }
+        return 1;
+    }
+    switch (tls_outcome(c, r)) {
+    case TLS_WANT_READ: return 0;
+    case TLS_WANT_WRITE: c->read_wants_out = 1; return 0;
+    default: st.handshake_failed++; return -1;
+    }
+}
+
+static void hs_next_cycle(struct conn *c);
+
+/* A TLS connection broke (already counted).  In handshake mode its slot goes
+ * on with a new connection; otherwise it is dead, as on the plain path. */
+static void tls_fail(struct conn *c) {
+    if (cfg.handshakes) hs_next_cycle(c);
+    else kill_conn(c);
+}
+
+/* Message bytes [from, from + n) into out, contiguous: a header write and a
+ * body write would become two records, and two reads for the server. */
+static void copy_message(const struct conn *c, size_t from, size_t n, unsigned char *out) {
+    size_t k = 0;
+    if (from < HDR_LEN) {
+        k = n < HDR_LEN - from ? n : HDR_LEN - from;
+        memcpy(out, c->hdr + from, k);
+    }
+    memcpy(out + k, c->body + from + k, n - k);
+}
+
+static void tls_send_some(struct conn *c) {
+    c->write_wants_out = 0;
+    while (c->sent < cfg.size) {
+        size_t n = cfg.size - c->sent;
+        if (n > sizeof tls_out) n = sizeof tls_out;
+        /* Rebuilt from (sent, n), which a WANT_WRITE leaves unchanged: the
+         * retry offers OpenSSL exactly the bytes it was offered before. */
+        copy_message(c, c->sent, n, tls_out);
+        int r = SSL_write(c->ssl, tls_out, (int)n);
+        if (r > 0) {
+            c->sent += (size_t)r;
+            continue;
+        }
+        switch (tls_outcome(c, r)) {
+        case TLS_WANT_WRITE: c->write_wants_out = 1; return;
+        case TLS_WANT_READ: return; /* EPOLLIN is watched, and every event retries an unfinished send */
+        default: st.resets++; tls_fail(c); return;
+        }
+    }
+}
+
+static void tls_start_request(struct conn *c) {
+    c->seq++;
+    build_message(c);
+    c->sent = 0;
+    c->got = 0;
+    c->state = C_BUSY;
+    if (!cfg.handshakes) c->t_start = now_ns(); /* handshake mode times the cycle from connect() */
+    tls_send_some(c);
+}
+
+/* Returns 1 when the connection's request completed during this call.  Any
+ * decrypted byte outside a request in flight is a mismatch, as on the plain path. */
+static int tls_recv_some(struct conn *c) {
+    c->read_wants_out = 0;
+    for (;;) {
+        size_t want = cfg.size - c->got;
+        if (want == 0) want = 1; /* nothing is expected: any byte now is extra */
+        if (want > SCRATCH_SIZE) want = SCRATCH_SIZE;
+        int n = SSL_read(c->ssl, scratch, (int)want);
+        if (n > 0) {
+            if (c->state != C_BUSY || !matches(c, scratch, (size_t)n)) {
+                st.mismatches++;
+                tls_fail(c);
+                return 0;
+            }
+            c->got += (size_t)n;
+            if (c->got == cfg.size) {
+                /* Extra bytes OpenSSL has already decrypted sit in its buffer,
+                 * where epoll would never report them: check now. */
+                if (SSL_pending(c->ssl) > 0) {
+                    st.mismatches++;
+                    tls_fail(c);
+                    return 0;
+                }
+                count_echo(c);
+                return 1;
+            }
+            continue;
+        }
+        switch (tls_outcome(c, n)) {
+        case TLS_WANT_READ: return 0;
+        case TLS_WANT_WRITE: c->read_wants_out = 1; return 0;
+        default: st.resets++; tls_fail(c); return 0; /* closed or reset with the echo incomplete */
+        }
+    }
+}
+
+/* Handshake mode, after the echo: send close_notify, then read until the
+ * server has closed too (its close_notify, or EOF).  1 when the connection
+ * ended cleanly, 0 when waiting, -1 when it failed (counted). */
+static int tls_close_step(struct conn *c) {
+    c->read_wants_out = 0;
+    if (!c->close_sent) {
+        int r = SSL_shutdown(c->ssl);
+        if (r == 1) return 1; /* the server's close_notify had already arrived */
+        if (r < 0) {
+            switch (tls_outcome(c, r)) {
+            case TLS_WANT_WRITE: c->read_wants_out = 1; return 0;
+            case TLS_WANT_READ: return 0;
+            default: st.resets++; return -1;
+            }
+        }
+        c->close_sent = 1;
+    }
+    for (;;) {
+        int n = SSL_read(c->ssl, scratch, SCRATCH_SIZE);
+        if (n > 0) { /* bytes after the whole echo */
+            st.mismatches++;
+            return -1;
+        }
+        switch (tls_outcome(c, n)) {
+        case TLS_WANT_READ: return 0;
+        case TLS_WANT_WRITE: c->read_wants_out = 1; return 0;
+        case TLS_CLOSED: return 1;
+        default: st.resets++; return -1;
+        }
+    }
+}
+
+/* The error of a non-blocking connect() that epoll reported as finished. */
+static int connect_error(const struct conn *c, uint32_t ev) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err == 0 && (ev & (EPOLLERR | EPOLLHUP))) err = ECONNRESET;
+    return err;
+}
+
+/* Handshake mode: begin a slot's next cycle (the clock starts at connect()). */
+static void hs_start(struct conn *c) {
+    c->t_start = now_ns();
+    start_connect(c);
+}
+
+/* Handshake mode: this slot's connection is over, cleanly or not; the next
+ * one starts at once, unless the window has closed. */
+static void hs_next_cycle(struct conn *c) {
+    close_socket(c);
+    c->state = C_PENDING;
+    c->retry_at = 0;
+    if (!hs_stopping) hs_start(c);
+}
+
+/* One epoll event of a TLS connection, whatever its state. */
+static void tls_event(struct conn *c, uint32_t ev, int closed_loop) {
+    switch (c->state) {
+    case C_CONNECTING: { /* handshake mode only: the connect phase handles its own */
+        int err = connect_error(c, ev);
+        if (err) {
+            schedule_retry(c, err);
+            return;
+        }
+        c->retries = 0;
+        st.tcp_connects++;
+        tls_begin(c);
+    }
+        /* fall through - the ClientHello goes out now */
+    case C_HANDSHAKE: {
+        int r = tls_handshake(c);
+        if (r < 0) { tls_fail(c); return; }
+        if (r > 0) tls_start_request(c);
+        break;
+    }
+    case C_BUSY:
+    case C_IDLE:
+    case C_DONE:
+        if (c->state == C_BUSY && c->sent < cfg.size) tls_send_some(c);
+        if (c->state != C_BUSY && c->state != C_IDLE && c->state != C_DONE) return; /* the send failed */
+        if (!tls_recv_some(c)) break;
+        if (cfg.handshakes) {
+            c->state = C_CLOSING;
+        } else {
+            if (closed_loop) tls_start_request(c);
+            else c->state = C_DONE;
+            break;
+        }
+        /* fall through - handshake mode closes right after its one echo */
+    case C_CLOSING: {
+        int r = tls_close_step(c);
+        if (r != 0) { hs_next_cycle(c); return; }
+        break;
+    }
+    default:
+        return;
+    }
+    tls_update_interest(c);
+}
+
+/* Connections whose cycle or request is unfinished, for the drain after the window. */
+static int in_flight_count(void) {
+    int n = 0;
+    for (int i = 0; i < cfg.conns; i++) {
+        enum conn_state s = conns[i].state;
+        n += s == C_BUSY || (cfg.handshakes && (s == C_CONNECTING || s == C_HANDSHAKE || s == C_CLOSING));
+    }
+    return n;
+}
+
+/* Before exit: close_notify on every TLS connection still open, so that
+ * servers see an orderly TLS close rather than a bare EOF. */
+static void tls_goodbye(void) {
+    for (int i = 0; i < cfg.conns; i++) {
+        if (conns[i].ssl && SSL_is_init_finished(conns[i].ssl)) {
+            SSL_shutdown(conns[i].ssl);
+            ERR_clear_error();
+        }
     }
 }
 
@@ -404,25 +752,47 @@ static int connect_phase(void) {
         int n = epoll_wait(epfd, events, MAX_EVENTS, 5);
         for (int i = 0; i < n; i++) {
             struct conn *c = events[i].data.ptr;
-            if (c->state != C_CONNECTING) continue;
-            in_flight--;
-            int err = 0;
-            socklen_t len = sizeof err;
-            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-            if (err == 0 && (events[i].events & (EPOLLERR | EPOLLHUP))) err = ECONNRESET;
-            if (err == 0) {
-                c->state = C_IDLE;
-                set_interest(c, 0);
-                connected++;
-            } else {
-                schedule_retry(c, err);
+            if (c->state == C_IDLE && cfg.tls) {
+                tls_recv_some(c); /* the server's session tickets (ignored), or a stray byte (a mismatch) */
+                continue;
             }
+            if (c->state == C_CONNECTING) {
+                int err = connect_error(c, events[i].events);
+                if (err) {
+                    in_flight--;
+                    schedule_retry(c, err);
+                    continue;
+                }
+                st.tcp_connects++;
+                if (!cfg.tls) {
+                    in_flight--;
+                    c->state = C_IDLE;
+                    set_interest(c, 0);
+                    connected++;
+                    continue;
+                }
+                tls_begin(c); /* still in flight until its handshake is done */
+            }
+            if (c->state != C_HANDSHAKE) continue;
+            int r = tls_handshake(c);
+            if (r == 0) {
+                tls_update_interest(c);
+                continue;
+            }
+            in_flight--;
+            if (r < 0) {
+                kill_conn(c);
+                continue;
+            }
+            c->state = C_IDLE;
+            set_interest(c, 0);
+            connected++;
         }
     }
-    /* Whatever is still unconnected at the deadline has failed. */
+    /* Whatever is still unconnected (or mid-handshake) at the deadline has failed. */
     for (int i = 0; i < cfg.conns; i++) {
         struct conn *c = &conns[i];
-        if (c->state == C_PENDING || c->state == C_CONNECTING) {
+        if (c->state == C_PENDING || c->state == C_CONNECTING || c->state == C_HANDSHAKE) {
             st.connect_failed++;
             kill_conn(c);
         }
@@ -438,6 +808,10 @@ static void pump(int timeout_ms, int closed_loop) {
         struct conn *c = events[i].data.ptr;
         if (c->state == C_DEAD) continue; /* killed earlier in this batch */
         uint32_t ev = events[i].events;
+        if (cfg.tls) {
+            tls_event(c, ev, closed_loop);
+            continue;
+        }
         if ((ev & EPOLLOUT) && c->state == C_BUSY) send_some(c);
         if (c->state == C_DEAD) continue;
         if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
@@ -456,17 +830,34 @@ static void pump(int timeout_ms, int closed_loop) {
 #define DRAIN_S 2.0
 static void drain_in_flight(void) {
     uint64_t deadline = now_ns() + (uint64_t)(DRAIN_S * 1e9);
-    for (;;) {
-        int busy = 0;
-        for (int i = 0; i < cfg.conns; i++) busy += conns[i].state == C_BUSY;
-        if (busy == 0 || now_ns() >= deadline) break;
-        pump(20, 0);
+    hs_stopping = 1; /* handshake mode: finish the cycles under way, begin none */
+    while (in_flight_count() > 0 && now_ns() < deadline) pump(20, 0);
+}
+
+/* Start a request on an idle connection, over TLS or not. */
+static void begin_request(struct conn *c) {
+    if (cfg.tls) tls_start_request(c);
+    else start_request(c);
+}
+
+/* Handshake mode: start the cycles of slots whose connect is due for a retry.
+ * Returns 1 when some slot still waits for its retry time. */
+static int hs_restart_due(uint64_t now) {
+    int waiting = 0;
+    for (int i = 0; i < cfg.conns; i++) {
+        struct conn *c = &conns[i];
+        if (c->state != C_PENDING) continue;
+        if (c->retry_at <= now) hs_start(c);
+        else waiting = 1;
     }
+    return waiting;
 }
 
 static double run_closed_loop(double *cpu_used, double *window_s) {
-    for (int i = 0; i < cfg.conns; i++)
-        if (conns[i].state == C_IDLE) start_request(&conns[i]);
+    for (int i = 0; i < cfg.conns; i++) {
+        if (cfg.handshakes) hs_start(&conns[i]);
+        else if (conns[i].state == C_IDLE) begin_request(&conns[i]);
+    }
 
     uint64_t t0 = now_ns();
     window_start_ns = t0 + (uint64_t)(cfg.warmup * 1e9);
@@ -483,6 +874,7 @@ static double run_closed_loop(double *cpu_used, double *window_s) {
         uint64_t next_edge = in_window ? window_end_ns : window_start_ns;
         int timeout_ms = (int)((next_edge - t) / 1000000ull) + 1;
         if (timeout_ms > 100) timeout_ms = 100;
+        if (cfg.handshakes && hs_restart_due(t) && timeout_ms > 5) timeout_ms = 5;
         pump(timeout_ms, 1);
     }
     if (!in_window) { /* every connection died during warm-up */
@@ -514,7 +906,7 @@ static int run_idle(void) {
         for (int i = 0; i < cfg.conns; i++) busy += conns[i].state == C_BUSY;
         for (; next < cfg.conns && busy < cfg.connect_batch; next++) {
             if (conns[next].state == C_IDLE) {
-                start_request(&conns[next]);
+                begin_request(&conns[next]);
                 busy++;
             }
         }
@@ -557,7 +949,7 @@ static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s --port P [--host 127.0.0.1] [--conns N] [--size BYTES]\n"
             "          [--warmup S] [--duration S] [--connect-timeout S]\n"
-            "          [--connect-batch N] [--idle [--hold S]]\n",
+            "          [--connect-batch N] [--idle [--hold S]] [--tls [--handshakes]]\n",
             argv0);
     exit(2);
 }
@@ -566,7 +958,7 @@ static void parse_args(int argc, char **argv) {
     cfg = (struct config){
         .host = "127.0.0.1", .port = 0, .conns = 100, .size = 1024,
         .warmup = 1.0, .duration = 4.0, .connect_timeout = 30.0,
-        .connect_batch = 256, .idle = 0, .hold = 30.0,
+        .connect_batch = 256, .idle = 0, .hold = 30.0, .tls = 0, .handshakes = 0,
     };
     static const struct option opts[] = {
         {"host", required_argument, 0, 'h'},
@@ -579,6 +971,8 @@ static void parse_args(int argc, char **argv) {
         {"connect-batch", required_argument, 0, 'b'},
         {"idle", no_argument, 0, 'i'},
         {"hold", required_argument, 0, 'H'},
+        {"tls", no_argument, 0, 'T'},
+        {"handshakes", no_argument, 0, 'S'},
         {0, 0, 0, 0},
     };
     int o;
@@ -594,6 +988,8 @@ static void parse_args(int argc, char **argv) {
         case 'b': cfg.connect_batch = atoi(optarg); break;
         case 'i': cfg.idle = 1; break;
         case 'H': cfg.hold = atof(optarg); break;
+        case 'T': cfg.tls = 1; break;
+        case 'S': cfg.handshakes = 1; break;
         default: usage(argv[0]);
         }
     }
@@ -601,7 +997,7 @@ static void parse_args(int argc, char **argv) {
     if (cfg.port <= 0 || cfg.port > 65535 || cfg.conns <= 0 || cfg.size == 0 ||
         cfg.warmup < 0 || cfg.duration <= 0 || cfg.duration > 3600 || cfg.warmup > 600 ||
         cfg.connect_timeout <= 0 || cfg.connect_timeout > 600 || cfg.hold < 0 || cfg.hold > 3600 ||
-        cfg.connect_batch <= 0)
+        cfg.connect_batch <= 0 || (cfg.handshakes && (!cfg.tls || cfg.idle)))
         usage(argv[0]);
 }
 
@@ -626,6 +1022,7 @@ int main(int argc, char **argv) {
     }
 
     fill_pool();
+    if (cfg.tls) tls_init();
     conns = calloc((size_t)cfg.conns, sizeof *conns);
     if (!conns) { perror("calloc"); return 2; }
     for (int i = 0; i < cfg.conns; i++) {
@@ -639,7 +1036,8 @@ int main(int argc, char **argv) {
     if (epfd < 0) { perror("epoll_create1"); return 2; }
 
     uint64_t tc = now_ns();
-    int connected = connect_phase();
+    /* Handshake mode connects inside its cycles, not beforehand. */
+    int connected = cfg.handshakes ? 0 : connect_phase();
     double connect_s = (now_ns() - tc) / 1e9;
     printf("{\"event\": \"connected\", \"conns_connected\": %d, \"connect_s\": %.3f, \"t\": %.6f}\n",
            connected, connect_s, now_ns() / 1e9);
@@ -649,18 +1047,22 @@ int main(int argc, char **argv) {
     int idle_ready = -1;
     if (cfg.idle) {
         idle_ready = run_idle();
-    } else if (connected > 0) {
+    } else if (connected > 0 || cfg.handshakes) {
         run_closed_loop(&cpu_used, &window_s);
     } else {
         emit_event("measure_start");
         emit_event("measure_end");
     }
 
+    if (cfg.tls) tls_goodbye();
     int open_at_end = 0;
-    for (int i = 0; i < cfg.conns; i++) open_at_end += conns[i].state != C_DEAD;
-    uint64_t errors = st.connect_failed + st.mismatches + st.resets;
+    for (int i = 0; i < cfg.conns; i++) open_at_end += conns[i].fd >= 0;
+    uint64_t errors = st.connect_failed + st.mismatches + st.resets + st.handshake_failed;
     double rps = window_s > 0 ? st.requests / window_s : 0.0;
     double mib = rps * (double)cfg.size / (1024.0 * 1024.0);
+    /* In handshake mode a request is a whole connection (connect, handshake, one echo, close). */
+    char hs_rate[32] = "null";
+    if (cfg.handshakes) snprintf(hs_rate, sizeof hs_rate, "%.2f", rps);
     printf("{\"event\": \"result\", \"mode\": \"%s\", \"conns\": %d, \"size\": %zu, "
            "\"conns_connected\": %d, \"conns_open_at_end\": %d, \"connect_s\": %.3f, "
            "\"connect_retries\": %llu, \"idle_ready\": %d, "
@@ -668,8 +1070,12 @@ int main(int argc, char **argv) {
            "\"requests_per_s\": %.2f, \"mib_per_s\": %.3f, "
            "\"lat_mean_us\": %.2f, \"lat_p50_us\": %.2f, \"lat_p99_us\": %.2f, \"lat_max_us\": %.2f, "
            "\"errors\": %llu, \"connect_failed\": %llu, \"mismatches\": %llu, \"resets\": %llu, "
+           "\"tls\": %s, \"tls_version\": \"%s\", \"tls_cipher\": \"%s\", \"tls_group\": \"%s\", "
+           "\"handshake_failed\": %llu, \"sessions_reused\": %llu, \"tcp_connects\": %llu, "
+           "\"handshakes_per_s\": %s, "
            "\"cpu_s\": %.4f, \"cpu_frac\": %.4f}\n",
-           cfg.idle ? "idle" : "closed_loop", cfg.conns, cfg.size, connected, open_at_end, connect_s,
+           cfg.idle ? "idle" : cfg.handshakes ? "handshakes" : "closed_loop", cfg.conns, cfg.size, connected,
+           open_at_end, connect_s,
            (unsigned long long)st.connect_retries, idle_ready,
            cfg.warmup, window_s, (unsigned long long)st.requests,
            (unsigned long long)st.total_requests, rps, mib,
@@ -677,7 +1083,9 @@ int main(int argc, char **argv) {
            hist_percentile(st.requests, 50.0) / 1e3, hist_percentile(st.requests, 99.0) / 1e3,
            st.lat_max_ns / 1e3, (unsigned long long)errors,
            (unsigned long long)st.connect_failed, (unsigned long long)st.mismatches,
-           (unsigned long long)st.resets, cpu_used, window_s > 0 ? cpu_used / window_s : 0.0);
+           (unsigned long long)st.resets, cfg.tls ? "true" : "false", tls_version, tls_cipher, tls_group,
+           (unsigned long long)st.handshake_failed, (unsigned long long)st.sessions_reused,
+           (unsigned long long)st.tcp_connects, hs_rate, cpu_used, window_s > 0 ? cpu_used / window_s : 0.0);
     fflush(stdout);
     return 0;
 }

@@ -9,6 +9,10 @@ the edges of the measured window, and stops it by PID.  Each
 server x scenario is repeated and the median is reported, so one noisy run
 does not decide a row.
 
+TLS scenarios run the servers that can serve TLS with a self-signed
+certificate made for this run (the generator does not verify it: both ends
+are ours, on loopback); servers that cannot are skipped for them, not failed.
+
 Run it with the benchmark venv's python (see benchmarks/README.md):
 
     benchmarks/.venv/bin/python benchmarks/run.py [--servers a,b]
@@ -29,9 +33,11 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -44,6 +50,7 @@ BUILD_DIR = BENCH_DIR / "build"
 RESULTS_DIR = BENCH_DIR / "results"
 SERVERS_DIR = BENCH_DIR / "servers"
 LOADGEN_SRC = BENCH_DIR / "loadgen.c"
+LOADGEN_LIBS = ("-lssl", "-lcrypto")  # its --tls mode (libssl-dev)
 C_SERVER_SRC = SERVERS_DIR / "c_epoll.c"
 
 SERVER_CPU = "1"
@@ -68,18 +75,35 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The run's self-signed certificate and its key (PEM)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class Server:
-    """How to start one echo server; ``argv(host, port)`` gives its command."""
+    """How to start one echo server; ``argv(host, port)`` gives its command,
+    ``tls(host, port, files)`` the same server over TLS (None: it has no TLS)."""
 
     name: str
     argv: Callable[[str, int], list[str]]
     default: bool = True
     description: str = ""
+    tls: Callable[[str, int, TlsFiles], list[str]] | None = None
 
 
 def _py(script: str, *extra: str) -> Callable[[str, int], list[str]]:
     def argv(host: str, port: int) -> list[str]:
         return [sys.executable, str(SERVERS_DIR / script), "--host", host, "--port", str(port), *extra]
+
+    return argv
+
+
+def _py_tls(script: str, *extra: str) -> Callable[[str, int, TlsFiles], list[str]]:
+    def argv(host: str, port: int, files: TlsFiles) -> list[str]:
+        return [*_py(script, *extra)(host, port), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
 
     return argv
 
@@ -104,12 +128,49 @@ def _yieldio(level: str) -> Callable[[str, int], list[str]]:
     return argv
 
 
-def _yieldio_ref(host: str, port: int) -> list[str]:
-    """yieldio from another checkout's src/ (YIELDIO_REF_SRC), for before/after runs side by side."""
+def _yieldio_tls(level: str) -> Callable[[str, int, TlsFiles], list[str]]:
+    def argv(host: str, port: int, files: TlsFiles) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "yieldio",
+            "serve",
+            "--listen",
+            f"tls://{host}:{port}",
+            "--tls-cert",
+            str(files.cert),
+            "--tls-key",
+            str(files.key),
+            "--prefix",
+            "",
+            "--log-level",
+            level,
+        ]
+
+    return argv
+
+
+def _yieldio_ref_env() -> list[str]:
+    """The command prefix that runs yieldio from another checkout's src/ (YIELDIO_REF_SRC)."""
     src = os.environ.get("YIELDIO_REF_SRC")
     if not src:
         raise SystemExit("yieldio-ref: set YIELDIO_REF_SRC to the src/ directory of the version to compare")
-    return ["env", f"PYTHONPATH={src}", *_yieldio("warning")(host, port)]
+    return ["env", f"PYTHONPATH={src}"]
+
+
+def _yieldio_ref(host: str, port: int) -> list[str]:
+    """yieldio from another checkout's src/ (YIELDIO_REF_SRC), for before/after runs side by side."""
+    return [*_yieldio_ref_env(), *_yieldio("warning")(host, port)]
+
+
+def _yieldio_ref_tls(host: str, port: int, files: TlsFiles) -> list[str]:
+    return [*_yieldio_ref_env(), *_yieldio_tls("warning")(host, port, files)]
+
+
+def _asyncio_server(api: str, loop: str) -> Server:
+    """servers/asyncio_echo.py with one API on one loop, e.g. uvloop-proto; TLS through the loop's own."""
+    flags = ("--api", api, "--loop", loop)
+    return Server(f"{loop}-{api}", _py("asyncio_echo.py", *flags), tls=_py_tls("asyncio_echo.py", *flags))
 
 
 def _c_epoll(host: str, port: int) -> list[str]:
@@ -117,24 +178,31 @@ def _c_epoll(host: str, port: int) -> list[str]:
 
 
 SERVERS: list[Server] = [
-    Server("yieldio", _yieldio("warning"), description="python -m yieldio serve, log level warning"),
+    Server(
+        "yieldio",
+        _yieldio("warning"),
+        description="python -m yieldio serve, log level warning",
+        tls=_yieldio_tls("warning"),
+    ),
     Server(
         "yieldio-info",
         _yieldio("info"),
         default=False,
         description="same with --log-level info (per-connection log lines)",
+        tls=_yieldio_tls("info"),
     ),
     Server(
         "yieldio-ref",
         _yieldio_ref,
         default=False,
         description="yieldio from $YIELDIO_REF_SRC (e.g. a git worktree of an earlier commit), log level warning",
+        tls=_yieldio_ref_tls,
     ),
     Server("tutorial", _py("tutorial.py"), description="python-mastery 8.5 select() scheduler"),
-    Server("asyncio-streams", _py("asyncio_echo.py", "--api", "streams")),
-    Server("asyncio-proto", _py("asyncio_echo.py", "--api", "proto")),
-    Server("uvloop-streams", _py("asyncio_echo.py", "--api", "streams", "--loop", "uvloop")),
-    Server("uvloop-proto", _py("asyncio_echo.py", "--api", "proto", "--loop", "uvloop")),
+    _asyncio_server("streams", "asyncio"),
+    _asyncio_server("proto", "asyncio"),
+    _asyncio_server("streams", "uvloop"),
+    _asyncio_server("proto", "uvloop"),
     Server("trio", _py("trio_echo.py")),
     Server("curio", _py("curio_echo.py")),
     Server("gevent", _py("gevent_echo.py")),
@@ -148,13 +216,18 @@ SERVER_BY_NAME = {s.name: s for s in SERVERS}
 
 @dataclass(frozen=True)
 class Scenario:
-    """One load shape; ``idle`` means hold connections open and read RSS."""
+    """One load shape; ``idle`` means hold connections open and read RSS,
+    ``tls`` means over TLS 1.3, and ``handshakes`` (with ``tls``) that each of
+    ``conns`` slots loops over new connections: connect, full handshake, one
+    echo, close, so that requests/s is handshakes/s."""
 
     name: str
     conns: int
     size: int
     idle: bool = False
     description: str = ""
+    tls: bool = False
+    handshakes: bool = False
 
 
 SCENARIOS: list[Scenario] = [
@@ -166,21 +239,73 @@ SCENARIOS: list[Scenario] = [
     Scenario(
         "idle10k", 10_000, 1024, idle=True, description="10,000 connections, one echo each, then idle: server RSS"
     ),
+    Scenario("tls_1k_x100", 100, 1024, tls=True, description="1 KiB messages, 100 connections, over TLS 1.3"),
+    Scenario(
+        "tls_handshakes",
+        20,
+        1024,
+        tls=True,
+        handshakes=True,
+        description="20 at a time: new connection, full TLS 1.3 handshake, one 1 KiB echo, close",
+    ),
 ]
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def runs_on(server: Server, scenario: Scenario) -> bool:
+    """Whether ``server`` takes part in ``scenario``: a TLS scenario needs a TLS server."""
+    return server.tls is not None or not scenario.tls
+
 
 # ------------------------------------------------------------------ build
 
 
-def ensure_built(src: Path, out: Path) -> None:
+def ensure_built(src: Path, out: Path, libs: tuple[str, ...] = ()) -> None:
     """Compile ``src`` with gcc -O2 unless ``out`` is newer: the binaries are
     not committed, so a fresh checkout builds them on first use."""
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(out), str(src)]
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(out), str(src), *libs]
     print(f"building {out.relative_to(BENCH_DIR)}: {' '.join(cmd)}", file=sys.stderr)
     subprocess.run(cmd, check=True)
+
+
+def ensure_loadgen() -> Path:
+    """The load generator, built if needed; returns its path."""
+    out = BUILD_DIR / "loadgen"
+    ensure_built(LOADGEN_SRC, out, LOADGEN_LIBS)
+    return out
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A throw-away self-signed ECDSA P-256 certificate and key for this run,
+    made with the openssl command: nothing secret is kept in the repository."""
+    files = TlsFiles(directory / "cert.pem", directory / "key.pem")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(files.key),
+            "-out",
+            str(files.cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return files
 
 
 # ------------------------------------------------------------- processes
@@ -202,14 +327,35 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def wait_accepting(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> bool:
-    """Poll-connect until the server accepts, it exits, or ``timeout`` passes."""
+def probe_tls_context() -> ssl.SSLContext:
+    """A client context for the readiness probe of a TLS server: TLS 1.3, the
+    run's self-signed certificate accepted unchecked, as the generator does."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def wait_accepting(
+    proc: subprocess.Popen[bytes], host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None
+) -> bool:
+    """Poll-connect until the server accepts, it exits, or ``timeout`` passes.
+    With ``tls`` the probe also completes a handshake and closes with
+    close_notify: a TLS server then logs nothing about it, where a bare
+    connect-and-close would be a failed handshake in its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5) as sock:
+                if tls is not None:
+                    with tls.wrap_socket(sock) as secure:
+                        try:
+                            secure.unwrap()
+                        except OSError:  # it did handshake, so it serves; how it closes is not the question
+                            pass
                 return True
         except OSError:
             time.sleep(0.05)
@@ -404,19 +550,32 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def run_one(server: Server, scenario: Scenario, repeat: int, args: argparse.Namespace, log_dir: Path) -> RunResult:
-    """Start the server, drive it with loadgen, sample /proc, stop both by PID."""
+def run_one(
+    server: Server,
+    scenario: Scenario,
+    repeat: int,
+    args: argparse.Namespace,
+    log_dir: Path,
+    tls_files: TlsFiles | None = None,
+) -> RunResult:
+    """Start the server, drive it with loadgen, sample /proc, stop both by PID.
+    A TLS scenario needs ``tls_files`` and a server with ``tls``."""
     res = RunResult(server.name, scenario.name, repeat)
     host = args.host
     port = free_port(host)
     log_path = log_dir / f"{server.name}.{scenario.name}.{repeat}.log"
     env = server_env()
+    if scenario.tls:
+        assert server.tls is not None and tls_files is not None
+        server_cmd, probe_tls = server.tls(host, port, tls_files), probe_tls_context()
+    else:
+        server_cmd, probe_tls = server.argv(host, port), None
     srv: subprocess.Popen[bytes] | None = None
     gen: subprocess.Popen[bytes] | None = None
     with open(log_path, "wb") as log:
         try:
             srv = subprocess.Popen(
-                ["taskset", "-c", args.server_cpu, *server.argv(host, port)],
+                ["taskset", "-c", args.server_cpu, *server_cmd],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -424,7 +583,7 @@ def run_one(server: Server, scenario: Scenario, repeat: int, args: argparse.Name
                 cwd=REPO_ROOT,
                 env=env,
             )
-            if not wait_accepting(srv, host, port, READY_TIMEOUT_S):
+            if not wait_accepting(srv, host, port, READY_TIMEOUT_S, probe_tls):
                 res.status = "failed_to_start"
                 code = srv.poll()
                 res.error = (f"exit {code}: " if code is not None else "not accepting: ") + tail(log_path)
@@ -456,6 +615,10 @@ def run_one(server: Server, scenario: Scenario, repeat: int, args: argparse.Name
             ]
             if scenario.idle:
                 gen_cmd += ["--idle", "--hold", str(IDLE_HOLD_S)]
+            if scenario.tls:
+                gen_cmd.append("--tls")
+            if scenario.handshakes:
+                gen_cmd.append("--handshakes")
             bound = CONNECT_TIMEOUT_S + warmup + duration + (IDLE_HOLD_S if scenario.idle else 0) + 20
             gen = subprocess.Popen(gen_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             ticks0 = t0 = None
@@ -570,6 +733,8 @@ def summarize(runs: list[RunResult]) -> list[dict[str, Any]]:
                 errors=_median([g["errors"] for g in lg]),
                 conns_connected=_median([g["conns_connected"] for g in lg]),
             )
+            if SCENARIO_BY_NAME.get(scenario, Scenario("", 0, 0)).handshakes:
+                row["handshakes_per_s"] = row["requests_per_s"]
             if SCENARIO_BY_NAME.get(scenario, Scenario("", 0, 0)).idle:
                 per_conn = [
                     ((r.rss_kib or 0) - (r.rss_base_kib or 0)) / r.loadgen["idle_ready"]
@@ -631,8 +796,39 @@ def _fmt(x: Any, digits: int = 0) -> str:
     return str(x)
 
 
+def tls_summary(runs: list[RunResult]) -> dict[str, Any]:
+    """What the TLS runs used: the client's settings and what was negotiated (from the first TLS run that reported)."""
+    negotiated = next((r.loadgen for r in runs if r.loadgen.get("tls_version")), {})
+    return {
+        "certificate": "self-signed ECDSA P-256 (prime256v1), made for this run with the openssl command",
+        "client": "OpenSSL, TLS 1.3 only, certificate not verified, no session cache (every handshake full)",
+        "version": negotiated.get("tls_version"),
+        "cipher": negotiated.get("tls_cipher"),
+        "group": negotiated.get("tls_group"),
+        "sessions_reused": sum(r.loadgen.get("sessions_reused", 0) for r in runs),
+    }
+
+
+def _load_notes(r: dict[str, Any]) -> str:
+    """The notes cell of a row under load: flags, failures, the first error."""
+    notes = []
+    if r.get("generator_limited"):
+        notes.append("⚠ generator-limited")
+    if r.get("other_load"):
+        notes.append(f"⚠ other load {r['other_cpu_pct']:.0f}%")
+    elif r.get("disturbed_runs"):
+        notes.append(f"⚠ {r['disturbed_runs']} run(s) disturbed")
+    if r.get("requests_per_s") == 0:
+        notes.append("no request completed in the window")
+    if r["status"] != "ok":
+        notes.append(f"**{r['status']}**")
+    if r.get("note"):
+        notes.append(r["note"].replace("|", "/")[:120])
+    return "; ".join(notes)
+
+
 def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float | None]], meta: dict[str, Any]) -> str:
-    """The human report: load table, idle-RSS table, ratios."""
+    """The human report: load table, new-connections table, idle-RSS table, ratios."""
     out = [
         f"## Echo benchmark {meta['date']}",
         "",
@@ -642,29 +838,30 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
             f"{meta['duration_s']} s measured after {meta['warmup_s']} s warm-up. "
             "MiB/s = echoed payload one way."
         ),
-        "",
-        (
-            "| server | scenario | req/s | MiB/s | p50 µs | p99 µs | max µs | srv CPU % | srv µs/req | gen CPU % "
-            "| RSS MiB | peak MiB | errors | notes |"
-        ),
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    load_rows = [r for r in rows if not SCENARIO_BY_NAME.get(r["scenario"], Scenario("", 0, 0)).idle]
-    idle_rows = [r for r in rows if SCENARIO_BY_NAME.get(r["scenario"], Scenario("", 0, 0)).idle]
+    tls = meta.get("tls")
+    if tls:
+        out += [
+            "",
+            (
+                f"TLS: {tls['version']}, {tls['cipher']}, key exchange {tls['group']}, {tls['certificate']}; "
+                f"client: {tls['client']}; sessions resumed: {tls['sessions_reused']}."
+            ),
+        ]
+    kinds = {r["scenario"]: SCENARIO_BY_NAME.get(r["scenario"], Scenario("", 0, 0)) for r in rows}
+    load_rows = [r for r in rows if not kinds[r["scenario"]].idle and not kinds[r["scenario"]].handshakes]
+    handshake_rows = [r for r in rows if kinds[r["scenario"]].handshakes]
+    idle_rows = [r for r in rows if kinds[r["scenario"]].idle]
+    if load_rows:
+        out += [
+            "",
+            (
+                "| server | scenario | req/s | MiB/s | p50 µs | p99 µs | max µs | srv CPU % | srv µs/req | gen CPU % "
+                "| RSS MiB | peak MiB | errors | notes |"
+            ),
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        ]
     for r in load_rows:
-        notes = []
-        if r.get("generator_limited"):
-            notes.append("⚠ generator-limited")
-        if r.get("other_load"):
-            notes.append(f"⚠ other load {r['other_cpu_pct']:.0f}%")
-        elif r.get("disturbed_runs"):
-            notes.append(f"⚠ {r['disturbed_runs']} run(s) disturbed")
-        if r.get("requests_per_s") == 0:
-            notes.append("no request completed in the window")
-        if r["status"] != "ok":
-            notes.append(f"**{r['status']}**")
-        if r.get("note"):
-            notes.append(r["note"].replace("|", "/")[:120])
         out.append(
             _row(
                 [
@@ -681,10 +878,41 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
                     _fmt(r.get("rss_mib"), 1),
                     _fmt(r.get("hwm_mib"), 1),
                     _fmt(r.get("errors")),
-                    "; ".join(notes),
+                    _load_notes(r),
                 ]
             )
         )
+    if handshake_rows:
+        out += [
+            "",
+            (
+                "New connections (each: connect, full TLS 1.3 handshake, one echo, close; latency from connect() "
+                "to the echo's last byte):"
+            ),
+            "",
+            (
+                "| server | scenario | handshakes/s | p50 µs | p99 µs | srv CPU % | srv µs/handshake | gen CPU % "
+                "| errors | notes |"
+            ),
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        ]
+        for r in handshake_rows:
+            out.append(
+                _row(
+                    [
+                        r["server"],
+                        r["scenario"],
+                        _fmt(r.get("handshakes_per_s")),
+                        _fmt(r.get("lat_p50_us")),
+                        _fmt(r.get("lat_p99_us")),
+                        _fmt(r.get("server_cpu_pct")),
+                        _fmt(r.get("server_cpu_us_per_request"), 0),
+                        _fmt(r.get("loadgen_cpu_pct")),
+                        _fmt(r.get("errors")),
+                        _load_notes(r),
+                    ]
+                )
+            )
     if idle_rows:
         out += [
             "",
@@ -717,7 +945,7 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
             )
     out += [
         "",
-        "Ratios (yieldio ÷ base; requests/s, RSS for idle scenarios):",
+        "Ratios (yieldio ÷ base; requests/s, handshakes/s for handshake scenarios, RSS for idle scenarios):",
         "",
         "| scenario | " + " | ".join(f"÷ {b}" for b in RATIO_BASES) + " |",
         "|---|" + "--:|" * len(RATIO_BASES),
@@ -736,6 +964,7 @@ CSV_FIELDS = [
     "requests_per_s",
     "requests_per_s_min",
     "requests_per_s_max",
+    "handshakes_per_s",
     "mib_per_s",
     "lat_p50_us",
     "lat_p99_us",
@@ -868,17 +1097,45 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"missing {tool}: run benchmarks/setup.sh", file=sys.stderr)
             return 2
-    ensure_built(LOADGEN_SRC, BUILD_DIR / "loadgen")
+    ensure_loadgen()
     ensure_built(C_SERVER_SRC, BUILD_DIR / "c_epoll")
     if not in_bench_venv():
         print("note: not running in benchmarks/.venv; peer frameworks may be missing", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="yieldio-bench-tls-") as tls_dir:
+        return run_all(args, tls_dir=Path(tls_dir))
+
+
+def run_all(args: argparse.Namespace, tls_dir: Path) -> int:
+    """Every run in order, then the report; TLS files (if a TLS scenario is
+    selected) are made in ``tls_dir``, which outlives the runs."""
+    tls_files = None
+    if any(SCENARIO_BY_NAME[name].tls for name in args.scenario_list):
+        if shutil.which("openssl") is None:
+            print("missing the openssl command, needed for the TLS scenarios' certificate", file=sys.stderr)
+            return 2
+        tls_files = make_tls_files(tls_dir)
+    # A TLS scenario runs only the servers that can serve TLS; the others are skipped, not failed.
+    plan = [
+        (scenario_name, server_name)
+        for scenario_name in args.scenario_list
+        for server_name in args.server_list
+        if runs_on(SERVER_BY_NAME[server_name], SCENARIO_BY_NAME[scenario_name])
+    ]
+    skipped = [
+        f"{server_name} × {scenario_name}"
+        for scenario_name in args.scenario_list
+        for server_name in args.server_list
+        if not runs_on(SERVER_BY_NAME[server_name], SCENARIO_BY_NAME[scenario_name])
+    ]
+    if skipped:
+        print(f"skipped (no TLS): {', '.join(skipped)}", file=sys.stderr)
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_dir = BUILD_DIR / "logs" / stamp
     log_dir.mkdir(parents=True, exist_ok=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
 
-    total = len(args.server_list) * len(args.scenario_list) * args.repeat
+    total = len(plan) * args.repeat
     measured_versions = versions()  # before the runs: the code measured, even if it changes meanwhile
     started = time.monotonic()
     runs: list[RunResult] = []
@@ -890,36 +1147,36 @@ def main(argv: list[str] | None = None) -> int:
     # VMs on the host), and interleaving spreads that drift over all servers
     # instead of letting one server's every repeat land in a slow spell.
     for rep in range(1, args.repeat + 1):
-        for scenario_name in args.scenario_list:
-            for server_name in args.server_list:
-                n += 1
-                for attempt in range(1, args.noise_retries + 2):
-                    wait_for_quiet(pinned, kernel_helpers)
-                    r = run_one(SERVER_BY_NAME[server_name], SCENARIO_BY_NAME[scenario_name], rep, args, log_dir)
-                    r.attempt = attempt
-                    if not r.disturbance or attempt == args.noise_retries + 1:
-                        break
-                    print(
-                        f"[{n}/{total}] {server_name} {scenario_name} #{rep}: {r.disturbance}, run again",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    discarded.append(r)
-                runs.append(r)
-                lg = r.loadgen
-                other = f", other CPU {100 * r.other_cpu_frac:.0f}%" if r.other_cpu_frac is not None else ""
-                if SCENARIO_BY_NAME[scenario_name].idle and r.valid:
-                    brief = (
-                        f"{lg.get('idle_ready')} idle connections, server RSS "
-                        f"{(r.rss_kib or 0) / 1024:.1f} MiB, errors {lg.get('errors')}"
-                    )
-                else:
-                    brief = (
-                        f"{lg.get('requests_per_s', 0):,.0f} req/s, errors {lg.get('errors')}{other}"
-                        if r.valid
-                        else f"{r.status}: {r.error[:100]}"
-                    )
-                print(f"[{n}/{total}] {server_name} {scenario_name} #{rep}: {brief}", file=sys.stderr, flush=True)
+        for scenario_name, server_name in plan:
+            n += 1
+            for attempt in range(1, args.noise_retries + 2):
+                wait_for_quiet(pinned, kernel_helpers)
+                r = run_one(SERVER_BY_NAME[server_name], SCENARIO_BY_NAME[scenario_name], rep, args, log_dir, tls_files)
+                r.attempt = attempt
+                if not r.disturbance or attempt == args.noise_retries + 1:
+                    break
+                print(
+                    f"[{n}/{total}] {server_name} {scenario_name} #{rep}: {r.disturbance}, run again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                discarded.append(r)
+            runs.append(r)
+            lg = r.loadgen
+            other = f", other CPU {100 * r.other_cpu_frac:.0f}%" if r.other_cpu_frac is not None else ""
+            if SCENARIO_BY_NAME[scenario_name].idle and r.valid:
+                brief = (
+                    f"{lg.get('idle_ready')} idle connections, server RSS "
+                    f"{(r.rss_kib or 0) / 1024:.1f} MiB, errors {lg.get('errors')}"
+                )
+            else:
+                unit = "handshakes/s" if SCENARIO_BY_NAME[scenario_name].handshakes else "req/s"
+                brief = (
+                    f"{lg.get('requests_per_s', 0):,.0f} {unit}, errors {lg.get('errors')}{other}"
+                    if r.valid
+                    else f"{r.status}: {r.error[:100]}"
+                )
+            print(f"[{n}/{total}] {server_name} {scenario_name} #{rep}: {brief}", file=sys.stderr, flush=True)
 
     elapsed = time.monotonic() - started
     rows = summarize(runs)
@@ -940,6 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
         "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "scenarios": {s.name: asdict(s) for s in SCENARIOS if s.name in args.scenario_list},
         "servers": {s.name: s.description for s in SERVERS if s.name in args.server_list},
+        "skipped": skipped,
+        "tls": tls_summary(runs) if tls_files else None,
         "mib_per_s": "echoed payload one way (requests/s x message size / 2^20)",
     }
     doc = {

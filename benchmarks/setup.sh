@@ -11,10 +11,14 @@ repo="$(dirname "$here")"
 python="${PYTHON:-python3}"
 
 # System tools: gcc builds the load generator and the C server, taskset
-# (util-linux) pins processes to CPUs.  Install only what is missing.
+# (util-linux) pins processes to CPUs, libssl-dev gives the load generator
+# its TLS (OpenSSL headers and libraries), and the openssl command makes the
+# TLS scenarios' throw-away certificate.  Install only what is missing.
 missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+printf '#include <openssl/ssl.h>\n' | cpp >/dev/null 2>&1 || missing+=(libssl-dev)
 if ((${#missing[@]})); then
     echo "installing missing system packages: ${missing[*]}"
     apt-get update -q && apt-get install -y -q "${missing[@]}"
@@ -35,7 +39,7 @@ else
 fi
 
 mkdir -p "$here/build"
-gcc -O2 -Wall -Wextra -o "$here/build/loadgen" "$here/loadgen.c"
+gcc -O2 -Wall -Wextra -o "$here/build/loadgen" "$here/loadgen.c" -lssl -lcrypto
 gcc -O2 -Wall -Wextra -o "$here/build/c_epoll" "$here/servers/c_epoll.c"
 
 "$venv_py" - <<'PY'
