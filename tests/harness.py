@@ -603,3 +603,24 @@ def record(test: str, **figures: Any) -> None:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# Every flag of `yieldio serve`: the help tests check that each is there and that there is no other.
+SERVE_FLAGS = (
+    "--listen",
+    "--host",
+    "--port",
+    "--tls-cert",
+    "--tls-key",
+    "--proxy-protocol",
+    "--metrics",
+    "--prefix",
+    "--framing",
+    "--max-line",
+    "--max-clients",
+    "--idle-timeout",
+    "--workers",
+    "--backlog",
+    "--trace",
+    "--log-level",
+)

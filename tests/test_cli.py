@@ -14,6 +14,7 @@ import pytest
 
 from .harness import (
     ROOT,
+    SERVE_FLAGS,
     ProcessServers,
     ServerProcess,
     connect,
@@ -171,21 +172,6 @@ def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
     assert message in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "Traceback" not in result.stderr
-
-
-SERVE_FLAGS = (
-    "--host",
-    "--port",
-    "--prefix",
-    "--framing",
-    "--max-line",
-    "--max-clients",
-    "--idle-timeout",
-    "--workers",
-    "--backlog",
-    "--trace",
-    "--log-level",
-)
 
 
 def test_help_lists_every_flag() -> None:
