@@ -105,6 +105,41 @@ def _forget(fd: int) -> None:
         running.forget_fd(fd)
 
 
+def bind_socket(
+    address: tuple[str, int],
+    kind: socket.SocketKind,
+    *,
+    reuse_address: bool = False,
+    reuse_port: bool = False,
+    dual_stack: bool = False,
+) -> socket.socket:
+    """A standard socket of ``kind`` bound to ``(host, port)`` (IPv4 or IPv6; '' is every IPv4
+    address, as in the tutorial), closed again if binding fails.
+
+    ``dual_stack`` makes an IPv6 socket take IPv4 peers too (``('::', port)`` is then every address
+    of both families; IPv4 peers appear as ``::ffff:a.b.c.d``).
+    """
+    host, port = address[0], address[1]
+    bind_address: Any
+    if host == "":
+        family, bind_address = socket.AF_INET, ("", port)
+    else:
+        family, _, _, _, bind_address = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind)
+    try:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if dual_stack and family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(bind_address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def format_address(address: Any) -> str:
     """``host:port`` for logs and messages (``[v6::addr]:port`` for IPv6); a Unix socket's path as
     ``unix:PATH`` (``unix:@NAME`` for an abstract name; a client's socket usually has no name:

@@ -24,17 +24,8 @@ processes of one server (``--workers``).
 from __future__ import annotations
 
 import socket
-from typing import Any
 
-from .sockets import Socket
-
-
-def _resolve(host: str, port: int) -> tuple[int, Any]:
-    """(family, address) to bind; '' means every IPv4 address, as for ``tcp_listen``."""
-    if host == "":
-        return socket.AF_INET, ("", port)
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)[0]
-    return family, address
+from .sockets import Socket, bind_socket
 
 
 def udp_bind(address: tuple[str, int], *, reuse_port: bool = False, dual_stack: bool = False) -> Socket:
@@ -42,15 +33,5 @@ def udp_bind(address: tuple[str, int], *, reuse_port: bool = False, dual_stack: 
 
     ``dual_stack`` makes an IPv6 socket take IPv4 datagrams too (see ``tcp_listen``).
     """
-    family, bind_address = _resolve(address[0], address[1])
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if dual_stack and family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(bind_address)
-    except BaseException:
-        sock.close()
-        raise
+    sock = bind_socket(address, socket.SOCK_DGRAM, reuse_port=reuse_port, dual_stack=dual_stack)
     return Socket(sock)

@@ -51,7 +51,7 @@ from typing import Any
 from ..core import traps
 from ..core.kernel import Cancelled, Kernel, Task, Timer, current_kernel
 from ..core.scopes import TaskTimeout, timeout_after
-from ..io.sockets import HANDSHAKE_TIMEOUT, Socket, check_tls_version, format_address
+from ..io.sockets import HANDSHAKE_TIMEOUT, Socket, bind_socket, check_tls_version, format_address
 from .proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
 from .proxy_protocol import ProxyProtocolError, read_proxy_header
 
@@ -68,32 +68,12 @@ _ACCEPTS_PER_TURN = 64  # then let the connections run, so a connect storm can't
 _LONGEST_PAUSE = 0.25  # the back-off's ceiling: a descriptor freed elsewhere is noticed within it
 
 
-def resolve(host: str, port: int) -> tuple[int, Any]:
-    """(family, address) to bind; '' means every IPv4 address, as in the tutorial."""
-    if host == "":
-        return socket.AF_INET, ("", port)
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    return family, address
-
-
 def tcp_listen(
     address: tuple[str, int], *, backlog: int = 1024, reuse_port: bool = False, dual_stack: bool = False
 ) -> Socket:
-    """A bound, listening, non-blocking socket (IPv4 or IPv6, SO_REUSEADDR set).
-
-    ``dual_stack`` makes an IPv6 socket take IPv4 connections too (``('::', port)`` is then every
-    address of both families; IPv4 peers appear as ``::ffff:a.b.c.d``).
-    """
-    host, port = address[0], address[1]
-    family, bind_address = resolve(host, port)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """A bound, listening, non-blocking socket (IPv4 or IPv6, SO_REUSEADDR set; see ``bind_socket``)."""
+    sock = bind_socket(address, socket.SOCK_STREAM, reuse_address=True, reuse_port=reuse_port, dual_stack=dual_stack)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if dual_stack and family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(bind_address)
         sock.listen(backlog)
     except BaseException:
         sock.close()
