@@ -96,20 +96,23 @@ def open_listener(url: ListenURL, *, backlog: int, reuse_port: bool) -> Listener
     """Bind (and listen on) ``url``'s socket; OSError if the system refuses."""
     if url.kind == "unix":
         return Listener(url, unix_listen(url.path, backlog=backlog), ServerStats())
-    every = url.host == ""
-    for host in ("::", "") if every else (url.host,):
+    if url.host != "":
+        sock = _bind(url, url.host, backlog, reuse_port, dual_stack=False)
+    else:
         try:
-            if url.kind == "udp":
-                sock = udp_bind((host, url.port), reuse_port=reuse_port, dual_stack=every)
-            else:
-                sock = tcp_listen((host, url.port), backlog=backlog, reuse_port=reuse_port, dual_stack=every)
+            sock = _bind(url, "::", backlog, reuse_port, dual_stack=True)
         except OSError as error:
-            if host == "::" and error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-                continue  # no IPv6 here: every IPv4 address, then
-            raise
-        stats: ServerStats | DatagramCounters = DatagramCounters() if url.kind == "udp" else ServerStats()
-        return Listener(replace(url, port=sock.getsockname()[1]), sock, stats)
-    raise AssertionError("unreachable: the IPv4 attempt either returned or raised")
+            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            sock = _bind(url, "", backlog, reuse_port, dual_stack=False)  # no IPv6 here: every IPv4 address
+    stats: ServerStats | DatagramCounters = DatagramCounters() if url.kind == "udp" else ServerStats()
+    return Listener(replace(url, port=sock.getsockname()[1]), sock, stats)
+
+
+def _bind(url: ListenURL, host: str, backlog: int, reuse_port: bool, dual_stack: bool) -> Socket:
+    if url.kind == "udp":
+        return udp_bind((host, url.port), reuse_port=reuse_port, dual_stack=dual_stack)
+    return tcp_listen((host, url.port), backlog=backlog, reuse_port=reuse_port, dual_stack=dual_stack)
 
 
 def open_listeners(urls: list[ListenURL], *, backlog: int, reuse_port: bool = False) -> list[Listener]:
