@@ -22,8 +22,7 @@ from .client import STDIN, Outcome, nonblocking, stdin_is_open, talk
 from .echo import DEFAULT_MAX_LINE, make_echo_handler
 from .listen_urls import BadListenURL, ListenURL, parse_listen_list, parse_listen_url
 from .listeners import EchoOptions, Listener, SetupError, close_all, load_tls_context, open_listeners, serve_all
-from .metrics import MetricsUnavailable, make_registry
-from .metrics import check_available as check_metrics
+from .metrics import MetricsUnavailable, make_registry, prometheus
 from .metrics import make_handler as make_metrics_handler
 from .workers import supervise
 
@@ -285,7 +284,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         tls = _tls_context(args, urls)
         if args.metrics is not None:
-            check_metrics()
+            prometheus()  # the optional extra is there, or one line now, before anything listens
             if reuse_port:
                 raise SetupError("--metrics with --workers is not supported: each worker counts only its own traffic")
         listeners = open_listeners(urls, backlog=args.backlog, reuse_port=reuse_port)

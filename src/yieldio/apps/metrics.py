@@ -109,11 +109,6 @@ def make_registry(listeners: list[Counted]) -> Any:
     return registry
 
 
-def check_available() -> None:
-    """Raise :class:`MetricsUnavailable` now, before anything listens, if metrics cannot be served."""
-    prometheus()
-
-
 def make_handler(registry: Any) -> Callable[[Socket, Any], Generator[Any, Any, None]]:
     """The HTTP handler of the metrics endpoint (one request per connection)."""
 
