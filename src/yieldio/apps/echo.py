@@ -31,7 +31,7 @@ import ssl
 import threading
 import types
 from collections.abc import Callable, Generator
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from ..core.kernel import Cancelled
 from ..core.scopes import TaskTimeout, timeout_after
@@ -264,7 +264,7 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
     feed = None if framer is None else framer.feed
     head = len(prefix) if feed is None else 0
     whole, into = _scratch_buffer(prefix if feed is None else b"")
-    tls = client.socket
+    tls = cast(ssl.SSLSocket, client.socket)  # is_tls: the socket is wrapped
     readable = client.readable
     writable = client.writable
     reply: Any = None
