@@ -59,8 +59,8 @@ READY_TIMEOUT_S = 15.0  # how long a server may take to accept its first connect
 STOP_TIMEOUT_S = 3.0  # SIGTERM grace before SIGKILL
 CONNECT_TIMEOUT_S = 45.0  # loadgen's bound on establishing all connections
 IDLE_SETTLE_S = 1.0  # let an idle server settle before reading its RSS
-IDLE_ECHO_TIMEOUT_S = 60.0  # idle10k: bound on the one echo per connection (10k threads take a while)
-IDLE_HOLD_S = 60.0  # idle10k: loadgen lets go by itself after this if never told to
+IDLE_ECHO_TIMEOUT_S = 60.0  # idle scenarios: bound on the one echo per connection (10k threads take a while)
+IDLE_HOLD_S = 60.0  # idle scenarios: loadgen lets go by itself after this if never told to
 GENERATOR_LIMITED = 0.90  # loadgen CPU fraction from which a row is flagged
 OTHER_LOAD = 0.10  # foreign busy time on the pinned CPUs (fraction of one core) from
 # which a run counts as disturbed: retried, and flagged if it stays so
@@ -236,6 +236,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("100k_x10", 10, 100 * 1024, description="100 KiB messages, 10 connections"),
     Scenario("1k_x1", 1, 1024, description="1 KiB, one connection: latency"),
     Scenario("c10k", 10_000, 1024, description="1 KiB, 10,000 busy connections"),
+    Scenario("idle5k", 5_000, 1024, idle=True, description="5,000 connections, one echo each, then idle: server RSS"),
     Scenario(
         "idle10k", 10_000, 1024, idle=True, description="10,000 connections, one echo each, then idle: server RSS"
     ),
