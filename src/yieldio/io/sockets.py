@@ -8,8 +8,10 @@ poll happens at all.
 
 Each method is a generator marked with :func:`types.coroutine`, so the same
 object works with ``await sock.recv(n)`` and ``yield from sock.recv(n)``.
-The two trap tuples are built once per socket and yielded as they are: the
-wait costs no allocation.
+The read wait's trap tuple is built once per socket and yielded as it is:
+the common wait costs no allocation. The write wait's is built each time it
+is needed (a 2-tuple, some 20 ns): a socket rarely waits to write, and a
+tuple kept for it would cost every idle connection 64 bytes.
 
 Closing goes through :meth:`Socket.close`, which tells the running kernel
 first: the kernel keeps epoll registrations between waits, and a descriptor
@@ -177,7 +179,8 @@ class Socket:
     :class:`ssl.SSLSocket`: ``version()``, ``cipher()``, ``getpeercert()``...).
     """
 
-    __slots__ = ("__weakref__", "_fd", "_sock", "_tls", "bytes_in", "bytes_out", "readable", "writable")
+    # Few slots: an object's size counts in 16-byte steps, and every idle connection holds one.
+    __slots__ = ("__weakref__", "_sock", "_tls", "bytes_in", "bytes_out", "readable")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -185,11 +188,11 @@ class Socket:
         # The TLS layer once its handshake is done (one given already wrapped is trusted to have one):
         # what wait_readable asks about buffered plaintext, and what close() sends close_notify through.
         self._tls = sock if isinstance(sock, SSLSocket) else None
-        self._fd = fd = sock.fileno()
-        # The two waits, built once: a loop that handles its own reads may ``yield sock.readable``
-        # (the tutorial's ``yield 'recv', sock``) and costs no allocation per wait.
+        fd = sock.fileno()
+        # The read wait, built once (it also keeps the descriptor's number, for fileno()): a loop that
+        # handles its own reads may ``yield sock.readable`` (the tutorial's ``yield 'recv', sock``) and
+        # costs no allocation per wait.
         self.readable = ("recv", fd)
-        self.writable = ("send", fd)
         self.bytes_in = 0  # counted for the task list and for idle timeouts (plaintext, over TLS)
         self.bytes_out = 0
         _forget(fd)  # a new socket on a reused number: drop the old one's registration
@@ -200,7 +203,13 @@ class Socket:
         return self._sock
 
     def fileno(self) -> int:
-        return self._fd
+        return self.readable[1]
+
+    @property
+    def writable(self) -> tuple[str, int]:
+        """The write wait, ``('send', fd)``: yield it to park until the socket is writable (made
+        when asked for; see the module's docstring)."""
+        return ("send", self.readable[1])
 
     if TYPE_CHECKING:  # for the type checker, every other attribute passes through (see _delegate)
 
@@ -396,7 +405,7 @@ class Socket:
             )
         except BaseException:
             if plain.fileno() < 0:  # the ssl module had taken the descriptor over, then closed it
-                _forget(self._fd)
+                _forget(self.fileno())
             raise
         self._sock = tls
         try:
@@ -425,7 +434,7 @@ class Socket:
     def close(self) -> None:
         """Close the socket; over TLS, send ``close_notify`` first if that can be done without waiting."""
         if self._sock.fileno() >= 0:
-            _forget(self._fd)
+            _forget(self.fileno())
             if self._tls is not None:
                 try:
                     self._tls.unwrap()  # sends close_notify; never waits on a non-blocking socket
