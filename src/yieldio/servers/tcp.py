@@ -109,15 +109,31 @@ class ServerStats:
 
     @property
     def bytes_in(self) -> int:
-        return self._closed_bytes_in + sum(client.bytes_in for client, _ in self._open_clients())
+        return self._closed_bytes_in + sum(client.bytes_in for client in self._open_clients())
 
     @property
     def bytes_out(self) -> int:
-        return self._closed_bytes_out + sum(client.bytes_out for client, _ in self._open_clients())
+        return self._closed_bytes_out + sum(client.bytes_out for client in self._open_clients())
 
-    def _open_clients(self) -> list[tuple[Socket, Any]]:
+    def _open_clients(self) -> list[Socket]:
         # a copy made in one C call: safe even if another thread (a metrics scrape) asks
         return [] if self._connections is None else list(self._connections.clients.values())
+
+
+class _Accepted(Socket):
+    """A connection's socket that also keeps its peer's address (accept's, or the original client's
+    from a PROXY header), for the server's logs and the task table.
+
+    On the socket rather than in a ``(socket, address)`` tuple beside it: 48 bytes less for every
+    open connection (a 64-byte tuple gone, the socket 16 bytes larger). To the handler it is a
+    :class:`Socket` like any other.
+    """
+
+    __slots__ = ("peer",)
+
+    def __init__(self, sock: socket.socket, peer: Any) -> None:
+        super().__init__(sock)
+        self.peer = peer
 
 
 class _Connections:
@@ -162,17 +178,18 @@ class _Connections:
         # connections whose opening was not logged (their PROXY header is awaited, or was
         # refused): their closing is not logged either, so a refusal is one line
         self.unannounced: set[Task] = set()
-        self.clients: dict[Task, tuple[Socket, Any]] = {}  # connection task -> (its socket, peer address)
+        self.clients: dict[Task, _Accepted] = {}  # connection task -> its socket
         self.slot_waiters: list[Task] = []
         self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
         self.sweeper: Timer | None = None
         if idle_timeout:
             self.sweeper = kernel.call_later(idle_timeout / 4, self.sweep)
 
-    def start(self, client: Socket, address: Any) -> None:
+    def start(self, client: _Accepted) -> None:
         # The handler's own generator or coroutine is the task (no wrapper
         # around it, which would cost a frame per message); the cleanup runs
         # in child_done when the kernel reports the task's end.
+        address = client.peer
         peer = format_address(address)
         try:
             if self.tls is None and not self.proxy_protocol:
@@ -185,7 +202,7 @@ class _Connections:
             client.close()
             return
         task.supervisor = self
-        self.clients[task] = (client, address)
+        self.clients[task] = client
         self.stats.accepted += 1
         if self.proxy_protocol or not self.log_connections:
             self.unannounced.add(task)
@@ -195,7 +212,7 @@ class _Connections:
             self.activity[task] = (client.bytes_in, time.monotonic())
 
     @types.coroutine
-    def prelude_first(self, client: Socket, address: Any) -> Generator[Any, Any, Any]:
+    def prelude_first(self, client: _Accepted, address: Any) -> Generator[Any, Any, Any]:
         """The task of a connection that begins with a PROXY header or a TLS handshake (or both, in
         that order): those first, then the handler, which a connection that fails them never reaches."""
         if self.proxy_protocol:
@@ -209,7 +226,7 @@ class _Connections:
             if self.log_connections:
                 self.unannounced.discard(task)
             if header.source is not None:
-                self.clients[task] = (client, header.source)
+                client.peer = header.source
                 if self.log_connections:
                     log.info("connection from %s via %s", format_address(header.source), format_address(address))
                 address = header.source
@@ -230,7 +247,8 @@ class _Connections:
         return len(self.clients)
 
     def child_done(self, task: Task) -> None:
-        client, address = self.clients.pop(task)
+        client = self.clients.pop(task)
+        address = client.peer
         self.stats._closed_bytes_in += client.bytes_in
         self.stats._closed_bytes_out += client.bytes_out
         client.close()
@@ -246,21 +264,21 @@ class _Connections:
             log.info("connection closed %s", format_address(address))
 
     def connection_of(self, task: Task) -> tuple[str, int, int] | None:
-        if task not in self.clients:
+        client = self.clients.get(task)
+        if client is None:
             return None
-        client, address = self.clients[task]
-        return format_address(address), client.bytes_in, client.bytes_out
+        return format_address(client.peer), client.bytes_in, client.bytes_out
 
     def sweep(self, _: Any = None) -> None:
         assert self.idle_timeout
         now = time.monotonic()
         for task, (seen, since) in list(self.activity.items()):
-            client, address = self.clients[task]
+            client = self.clients[task]
             received = client.bytes_in
             if received != seen:
                 self.activity[task] = (received, now)
             elif now - since >= self.idle_timeout:
-                log.info("closing %s: idle for %ss", format_address(address), self.idle_timeout)
+                log.info("closing %s: idle for %ss", format_address(client.peer), self.idle_timeout)
                 del self.activity[task]
                 self.kernel.cancel_nowait(task)
         self.sweeper = self.kernel.call_later(self.idle_timeout / 4, self.sweep)
@@ -355,7 +373,7 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if type(address) is tuple and type(address[0]) is str:  # one string per client host, not per connection
                 address = (intern(address[0]), *address[1:])
-            connections.start(Socket(client), address)
+            connections.start(_Accepted(client, address))
             if max_clients is not None and connections.open >= max_clients:
                 break
         else:
