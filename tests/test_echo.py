@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
-from collections.abc import Iterator
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import yieldio
-from yieldio import ChunkFramer, LineFramer
-from yieldio.apps.echo import make_framer
+from yieldio import ChunkFramer, Event, LineFramer, Socket, Task, open_connection, run_in_thread, spawn, timeout_after
+from yieldio.apps.echo import Framing, make_framer
+from yieldio.core.instrument import Instrument
 
 from .harness import ServerThread, connect, recv_all, recv_exactly, split_line_replies
 
@@ -123,3 +127,103 @@ def test_line_framing_over_a_socket_answers_each_line(line_server: ServerThread)
         sock.sendall(b"ld\npartial")
         sock.shutdown(socket.SHUT_WR)
         assert recv_all(sock) == b"GOT:World\nGOT:partial"
+
+
+# -- over TLS: the handler's own TLS loop ---------------------------------------------------
+
+
+def serve_tls_echo(
+    server_context: ssl.SSLContext,
+    client: Callable[[int], Awaitable[Any]],
+    *,
+    prefix: bytes = b"GOT:",
+    framing: Framing = "chunk",
+    instrument: Instrument | None = None,
+) -> Any:
+    """Serve the echo over TLS as a task and run ``client(port)`` beside it, in one kernel; its result."""
+
+    async def main() -> Any:
+        if instrument is not None:
+            yieldio.current_kernel().add_instrument(instrument)
+        with yieldio.tcp_listen(("127.0.0.1", 0)) as listener:
+            handler = yieldio.make_echo_handler(prefix=prefix, framing=framing)
+            server = await spawn(yieldio.serve(listener, handler, ssl=server_context))
+            try:
+                return await timeout_after(20, client(listener.getsockname()[1]))
+            finally:
+                await server.cancel()
+
+    return yieldio.run(main)
+
+
+class ParkedForWriting(Instrument):
+    """Sets ``event`` when the echo's connection task parks waiting for its socket to be writable."""
+
+    def __init__(self) -> None:
+        self.event = Event()
+
+    def task_yielded(self, task: Task, trap: Any) -> None:
+        if task.name == "echo_handler" and type(trap) is tuple and trap[0] == "send":
+            self.event.set()
+
+
+def test_tls_echo_waits_for_a_client_that_does_not_read_and_loses_nothing(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    upload = os.urandom(16 * 1024 * 1024)  # more than the server's send buffer can hold (tcp_wmem: 4 MiB)
+    parked = ParkedForWriting()
+
+    async def read_all(sock: Socket) -> bytes:
+        await parked.event.wait()  # read nothing until the server has had to wait for us
+        received = bytearray()
+        while len(received) < len(upload) and (data := await sock.recv(65536)):
+            received += data
+        return bytes(received)
+
+    async def client(port: int) -> bytes:
+        async with await open_connection("127.0.0.1", port, ssl=client_context, server_hostname="localhost") as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # no autotuning: we fill up soon
+            reader = await spawn(read_all(sock))
+            await sock.sendall(upload)
+            echoed: bytes = await reader.join()
+            return echoed
+
+    echoed = serve_tls_echo(server_context, client, prefix=b"", instrument=parked)
+    assert parked.event.is_set()
+    assert echoed == upload  # a reply that had to wait went out whole, in order, once
+
+
+def test_tls_echo_ends_quietly_when_a_peer_leaves_without_close_notify(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    def leave_without_close_notify(port: int) -> bytes:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with raw, client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"Hello\npartial")
+            first = recv_exactly_tls(tls, len(b"GOT:Hello\n"))
+            socket.socket.shutdown(tls, socket.SHUT_WR)  # TCP's FIN alone: no close_notify
+            try:
+                while tls.recv(100):
+                    pass
+            except ssl.SSLError:
+                pass  # OpenSSL 3 takes such an end as fatal: the server may say so with an alert
+            return first
+
+    def well_behaved(port: int) -> bytes:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with raw, client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"next\n")
+            return recv_exactly_tls(tls, len(b"GOT:next\n"))
+
+    async def client(port: int) -> tuple[bytes, bytes]:
+        return await run_in_thread(leave_without_close_notify, port), await run_in_thread(well_behaved, port)
+
+    assert serve_tls_echo(server_context, client, framing="line") == (b"GOT:Hello\n", b"GOT:next\n")
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+
+
+def recv_exactly_tls(tls: ssl.SSLSocket, size: int) -> bytes:
+    received = bytearray()
+    while len(received) < size and (data := tls.recv(size - len(received))):
+        received += data
+    return bytes(received)

@@ -32,25 +32,6 @@ from .harness import ROOT, python_env
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="module")
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts our CA alone
-    ca.configure_trust(context)
-    return context
-
-
 def serve_and_run(
     handler: Callable[[Socket, Any], Any], client: Callable[[int], Any], context: ssl.SSLContext | None, **options: Any
 ) -> Any:

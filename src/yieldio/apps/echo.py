@@ -246,6 +246,14 @@ def _flush_and_linger(client: Socket, reply: bytes) -> Generator[Any, Any, None]
         pass
 
 
+class _Records(Protocol):
+    """What the TLS echo calls per message: an SSLSocket's C object, or the SSLSocket itself."""
+
+    def pending(self) -> int: ...
+    def read(self, size: int, buffer: memoryview, /) -> int: ...
+    def write(self, data: Bytes, /) -> int: ...
+
+
 @types.coroutine
 def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator[Any, Any, None]:
     """The echo over TLS: the plain loop's shape, with OpenSSL's rules for when to wait.
@@ -260,21 +268,32 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
     buffer and finished by ``Socket.sendall``, which repeats the same bytes as OpenSSL
     requires. When cancelled, it answers what OpenSSL and the kernel already hold, then the
     caller's close sends close_notify.
+
+    Per message it calls OpenSSL's record layer directly: ``pending``, ``read`` and ``write``
+    of the C object inside :class:`ssl.SSLSocket` (its ``_sslobj``, the same since Python
+    3.7). The SSLSocket's methods of the same names only add Python-level checks for a
+    closed socket, which this task, the socket's only user, never needs: skipping them saved
+    1.8 of 10.2 µs per message in the TLS benchmark (8.40 against 10.19, side by side). Where
+    that object is missing, the SSLSocket's own ``pending``, ``read`` and ``write`` serve. (The
+    C object reports a peer that left without close_notify as :class:`ssl.SSLEOFError` where
+    the SSLSocket would read end of file; either way the connection is over, as OpenSSL 3
+    will not write after it.)
     """
     feed = None if framer is None else framer.feed
     head = len(prefix) if feed is None else 0
     whole, into = _scratch_buffer(prefix if feed is None else b"")
     tls = cast(ssl.SSLSocket, client.socket)  # is_tls: the socket is wrapped
+    records = cast(_Records, getattr(tls, "_sslobj", None) or tls)
     readable = client.readable
     writable = client.writable
     reply: Any = None
     unsent: Any = b""
     try:
         while True:
-            if not tls.pending():
+            if not records.pending():
                 yield readable
             try:
-                received = tls.recv_into(into)
+                received = records.read(RECV_SIZE, into)
             except ssl.SSLWantReadError:
                 continue
             except ssl.SSLWantWriteError:
@@ -287,7 +306,7 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
             if not reply:
                 continue
             try:
-                client.bytes_out += tls.send(reply)
+                client.bytes_out += records.write(reply)
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 unsent = bytes(reply)  # the buffer is shared: keep the reply before waiting
                 reply = None
