@@ -161,7 +161,6 @@ def echo_handler(
     # connection), and no view of the shared buffer while it waits (reply is let go before parking).
     sock = client.socket
     readable = client.readable
-    writable = client.writable
     reply: Any = None
     unsent: Any = b""  # the part of the current reply not yet sent (our own copy)
     try:
@@ -191,7 +190,7 @@ def echo_handler(
             unsent = memoryview(bytes(reply[sent:]))  # the buffer is shared: keep the rest before waiting
             reply = None
             while unsent:
-                yield writable
+                yield client.writable  # rare, so not kept in a local: the tuple is made when asked for
                 try:
                     sent = sock.send(unsent)
                 except BlockingIOError:
@@ -285,7 +284,6 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
     tls = cast(ssl.SSLSocket, client.socket)  # is_tls: the socket is wrapped
     records = cast(_Records, getattr(tls, "_sslobj", None) or tls)
     readable = client.readable
-    writable = client.writable
     reply: Any = None
     unsent: Any = b""
     try:
@@ -297,7 +295,7 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
             except ssl.SSLWantReadError:
                 continue
             except ssl.SSLWantWriteError:
-                yield writable
+                yield client.writable
                 continue
             if not received:
                 break
