@@ -12,12 +12,13 @@ import pytest
 
 import yieldio
 from yieldio import Cancelled, Kernel, TaskGroup, TaskTimeout, sleep, spawn, tasks, timeout_after
+from yieldio.core.instrument import describe
 from yieldio.core.poller import SelectorPoller
 
 from .harness import raise_nofile
 
 
-def test_run_returns_result_and_propagates_exception() -> None:
+def test_run_returns_result_and_propagates_exception(caplog: pytest.LogCaptureFixture) -> None:
     async def answer() -> int:
         return 42
 
@@ -26,8 +27,9 @@ def test_run_returns_result_and_propagates_exception() -> None:
 
     assert yieldio.run(answer) == 42
     assert yieldio.run(answer()) == 42
-    with pytest.raises(KeyError):
+    with caplog.at_level(logging.ERROR, logger="yieldio"), pytest.raises(KeyError):
         yieldio.run(fail)
+    assert not caplog.records  # the caller gets the main task's failure: it is not also logged as a crash
 
 
 def test_scheduling_order_is_fifo_round_robin() -> None:
@@ -158,6 +160,33 @@ def test_cancel_a_sleeping_task_and_one_that_never_started() -> None:
         await other.cancel()
 
     yieldio.run(main)
+
+
+def test_a_sleeper_is_sleeping_until_its_timer_fires_and_a_cancelled_one_lets_its_timer_go() -> None:
+    seen: list[str] = []
+
+    async def main() -> None:
+        kernel = yieldio.current_kernel()
+        sleeper = await spawn(sleep(0.01), name="sleeper")
+        await sleep(0)  # it runs and parks in its sleep
+        seen.append(describe(kernel, sleeper))
+        kernel.call_later(0.01, lambda _: seen.append(describe(kernel, sleeper)))  # due right after its timer
+        time.sleep(0.05)  # noqa: ASYNC251 - both come due while the kernel is held here: they fire in order, next turn
+        await sleep(0)
+        await sleeper.join()
+        seen.append(describe(kernel, sleeper))
+
+        long = await spawn(sleep(100))
+        await sleep(0)
+        where = kernel.where(long)
+        assert where is not None and where[0] == "sleep"
+        timer = where[1]
+        assert not timer.cancelled
+        await long.cancel()
+        assert timer.cancelled and kernel.where(long) is None
+
+    yieldio.run(main)
+    assert seen[0].startswith("sleeping") and seen[1:] == ["ready", "finished"]
 
 
 def test_cancelled_is_not_caught_by_except_exception() -> None:

@@ -107,12 +107,13 @@ class Timer:
 class Task:
     """A generator or coroutine the kernel runs, with what it takes to resume, join and cancel it."""
 
+    # Every idle connection holds a task, and an object's size counts in 16-byte steps: what only a few
+    # tasks need (a sleeping task's timer, run's main task) is kept by the kernel, not in a slot of each.
     __slots__ = (
         "_exc",
         "_joiners",
         "_next",
         "_send",
-        "_timer",
         "coro",
         "created",
         "daemon",
@@ -123,7 +124,6 @@ class Task:
         "result",
         "supervisor",
         "trap",
-        "watched",
     )  # fmt: skip
 
     _ids = itertools.count(1)
@@ -140,14 +140,12 @@ class Task:
         self.done = False
         self.result: Any = None
         self.exception: BaseException | None = None
-        self.watched = False  # someone will receive its outcome (run's main task), so don't log it
         self.supervisor: Supervisor | None = None  # told when it ends, and reports its failure
         self._send = coro.send  # bound once: it runs at every resumption (throw, rarely, is looked up)
         self._next: Any = None  # the value to send at its next resumption
         self._exc: BaseException | None = None  # ... or the exception to throw
         # (task, wants the outcome) waiting for this one; a list only once someone waits (memory per task)
         self._joiners: list[tuple[Task, bool]] | tuple[()] = ()
-        self._timer: Timer | None = None  # its sleep's heap entry
 
     def _add_joiner(self, task: Task, wants_outcome: bool) -> None:
         if not self._joiners:
@@ -185,9 +183,11 @@ class Kernel:
         self._masks: dict[int, int] = {}  # fd -> interest registered with the poller
         self._owners: dict[int, Any] = {}  # fd -> the object a classic trap named, to notice reuse
         self._timers: list[Timer] = []  # a heap
+        self._sleepers: dict[Task, Timer] = {}  # each sleeping task's entry in the heap
         self._seq = itertools.count()
         self._tasks: dict[int, Task] = {}
         self._live = 0  # tasks that are not daemons and not done
+        self._main: Task | None = None  # run's main task: its outcome is returned, so its failure is not logged
         self.current: Task | None = None
         self.instruments: list[Any] = []  # objects with some of yieldio.core.instrument.Instrument's methods
         self.stopping = False
@@ -320,7 +320,8 @@ class Kernel:
             fd = arg if type(arg) is int else next((f for f, t in waiting.items() if t is task), None)
             return (op, fd) if fd is not None and waiting.get(fd) is task else None
         if op == "sleep":
-            return None if task._timer is None else ("sleep", task._timer)
+            timer = self._sleepers.get(task)
+            return None if timer is None else ("sleep", timer)
         if op in ("join", "wait", "cancel"):
             target = arg[0] if op == "cancel" else arg
             return ("task", target) if any(waiter is task for waiter, _ in target._joiners) else None
@@ -340,8 +341,7 @@ class Kernel:
         if main is not None and not hasattr(main, "send"):
             main = main()  # a coroutine function or generator function
         main_task = self.spawn(cast(Coro, main), name=getattr(main, "__name__", None)) if main is not None else None
-        if main_task is not None:
-            main_task.watched = True
+        self._main = main_task
         _this_thread.kernel = self
         try:
             self._loop(main_task)
@@ -549,7 +549,7 @@ class Kernel:
             del self._writers[place]
         elif kind == "sleep":
             place.cancel()
-            task._timer = None
+            del self._sleepers[task]
         elif kind == "task":
             place._joiners = [joiner for joiner in place._joiners if joiner[0] is not task]
         else:
@@ -570,7 +570,7 @@ class Kernel:
         if (
             error is not None
             and not joiners
-            and not task.watched
+            and task is not self._main
             and task.supervisor is None
             and not isinstance(error, Cancelled)
         ):
@@ -592,11 +592,11 @@ class Kernel:
             task._next = None
             self._ready.append(task)  # behind everyone else that is ready
         else:
-            task._timer = self.call_later(seconds, self._wake_sleeper, task)
+            self._sleepers[task] = self.call_later(seconds, self._wake_sleeper, task)
         return False
 
     def _wake_sleeper(self, task: Task) -> None:
-        task._timer = None
+        del self._sleepers[task]
         task._next = None
         self._ready.append(task)
         if self.instruments:
