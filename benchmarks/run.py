@@ -108,7 +108,7 @@ def _py_tls(script: str, *extra: str) -> Callable[[str, int, TlsFiles], list[str
     return argv
 
 
-def _yieldio(level: str) -> Callable[[str, int], list[str]]:
+def _yieldio(level: str, *extra: str) -> Callable[[str, int], list[str]]:
     def argv(host: str, port: int) -> list[str]:
         return [
             sys.executable,
@@ -123,6 +123,7 @@ def _yieldio(level: str) -> Callable[[str, int], list[str]]:
             "",
             "--log-level",
             level,
+            *extra,
         ]
 
     return argv
@@ -197,6 +198,12 @@ SERVERS: list[Server] = [
         default=False,
         description="yieldio from $YIELDIO_REF_SRC (e.g. a git worktree of an earlier commit), log level warning",
         tls=_yieldio_ref_tls,
+    ),
+    Server(
+        "yieldio-workers2",
+        _yieldio("warning", "--workers", "2"),
+        default=False,
+        description="same with --workers 2 (give it both CPUs: --server-cpu 0,1 --loadgen-cpu 0,1)",
     ),
     Server("tutorial", _py("tutorial.py"), description="python-mastery 8.5 select() scheduler"),
     _asyncio_server("streams", "asyncio"),
@@ -378,13 +385,28 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -
 
 
 def proc_cpu_ticks(pid: int) -> int | None:
-    """utime+stime of the whole process (all threads) from /proc/PID/stat."""
+    """utime+stime of the process (all threads) and of its children, live ones included (a server
+    with --workers does its work in them), from /proc/PID/stat."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # comm may contain spaces
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]) + int(fields[12]) + sum(proc_cpu_ticks(child) or 0 for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for thread in threads:
+        try:
+            children += [int(child) for child in Path(f"/proc/{pid}/task/{thread}/children").read_text().split()]
+        except OSError:
+            pass
+    return children
 
 
 def softirq_threads(cpus: set[int]) -> list[int]:
