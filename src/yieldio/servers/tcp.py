@@ -46,7 +46,7 @@ import types
 from collections.abc import Callable, Generator
 from ssl import SSLContext
 from sys import intern
-from typing import Any
+from typing import Any, cast
 
 from ..core import traps
 from ..core.kernel import Cancelled, Kernel, Task, Timer, current_kernel
@@ -278,8 +278,7 @@ class _Connections:
         assert self.idle_timeout
         now = time.monotonic()
         for task, (seen, since) in list(self.activity.items()):
-            client = task.supervisor
-            assert isinstance(client, _Accepted)
+            client = cast(_Accepted, task.supervisor)  # as start() set it
             received = client.bytes_in
             if received != seen:
                 self.activity[task] = (received, now)
