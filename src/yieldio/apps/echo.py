@@ -217,22 +217,25 @@ def _drain(client: Socket, framer: Framer, unsent: Any) -> Generator[Any, Any, N
     reads EOF after the last reply; then read and discard until the client
     closes too, because closing a socket with unread input would reset the
     connection and throw away replies still in flight. A connection that is
-    owed nothing is closed at once.
+    owed nothing is closed at once. Over TLS there is no half-close (see
+    :mod:`yieldio.io.sockets`): the replies are sent, and the caller's close
+    sends close_notify after them.
     """
     replies = [bytes(unsent)]
     sock = client.socket
     try:
-        while data := sock.recv(RECV_SIZE):
+        while data := sock.recv(RECV_SIZE):  # only what is at hand: never waits
             client.bytes_in += len(data)
             replies.append(framer.feed(data))
-    except (BlockingIOError, ConnectionError):
+    except (BlockingIOError, ConnectionError, ssl.SSLError):  # over TLS, SSLWantReadError: nothing more
         pass
     replies.append(framer.close())
     reply = b"".join(replies)
     if not reply:
         return  # nothing owed: close at once
+    flush = client.sendall(reply) if client.is_tls else _flush_and_linger(client, reply)
     try:
-        yield from timeout_after(DRAIN_SECONDS, _flush_and_linger(client, reply))
+        yield from timeout_after(DRAIN_SECONDS, flush)
     except (TaskTimeout, OSError):
         pass
 
@@ -317,21 +320,8 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
     except (ConnectionError, ssl.SSLError):
         pass  # the peer reset or broke the TLS session: nobody is left to answer
     except Cancelled:
-        framer = framer or ChunkFramer(prefix)
-        replies = [bytes(unsent)]
-        try:
-            while data := tls.recv(RECV_SIZE):  # only what is at hand: never waits
-                client.bytes_in += len(data)
-                replies.append(framer.feed(data))
-        except (BlockingIOError, ConnectionError, ssl.SSLError):
-            pass
-        replies.append(framer.close())
-        reply = b"".join(replies)
-        if reply:
-            try:
-                yield from timeout_after(DRAIN_SECONDS, client.sendall(reply))
-            except (TaskTimeout, OSError):
-                pass
+        # unsent is the whole reply OpenSSL was writing: it skips what it had already taken
+        yield from _drain(client, framer or ChunkFramer(prefix), unsent)
         raise
 
 
