@@ -157,13 +157,15 @@ def serve_tls_echo(
 
 
 class ParkedForWriting(Instrument):
-    """Sets ``event`` when the echo's connection task parks waiting for its socket to be writable."""
+    """Sets ``event`` when the echo's connection task (``task``) parks waiting for its socket to be writable."""
 
     def __init__(self) -> None:
         self.event = Event()
+        self.task: Task | None = None
 
     def task_yielded(self, task: Task, trap: Any) -> None:
-        if task.name == "echo_handler" and type(trap) is tuple and trap[0] == "send":
+        if task.name == "echo_handler" and type(trap) is tuple and trap[0] == "send" and not self.event.is_set():
+            self.task = task
             self.event.set()
 
 
@@ -191,6 +193,46 @@ def test_tls_echo_waits_for_a_client_that_does_not_read_and_loses_nothing(
     echoed = serve_tls_echo(server_context, client, prefix=b"", instrument=parked)
     assert parked.event.is_set()
     assert echoed == upload  # a reply that had to wait went out whole, in order, once
+
+
+def test_tls_echo_cancelled_mid_write_sends_the_rest_once_then_close_notify(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    upload = os.urandom(16 * 1024 * 1024)
+    parked = ParkedForWriting()
+
+    async def send_all(sock: Socket) -> None:
+        try:
+            await sock.sendall(upload)
+        except OSError:
+            pass  # the server closes while we still send: expected
+
+    async def main() -> bytes:
+        yieldio.current_kernel().add_instrument(parked)
+        with yieldio.tcp_listen(("127.0.0.1", 0)) as listener:
+            handler = yieldio.make_echo_handler(prefix=b"", framing="chunk")
+            server = await spawn(yieldio.serve(listener, handler, ssl=server_context))
+            port = listener.getsockname()[1]
+            async with await open_connection(
+                "127.0.0.1", port, ssl=client_context, server_hostname="localhost"
+            ) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+                sender = await spawn(send_all(sock))
+                await timeout_after(20, parked.event.wait())  # a TLS write of the server's is half done
+                assert parked.task is not None
+                stopping = await spawn(parked.task.cancel())  # as at shutdown: the connection drains
+                echoed = bytearray()
+                async with timeout_after(20):
+                    while data := await sock.recv(65536):  # until close_notify
+                        echoed += data
+                await stopping.join()
+                await sender.cancel()
+            await server.cancel()
+            return bytes(echoed)
+
+    echoed = yieldio.run(main)
+    assert len(echoed) > 64 * 1024
+    assert echoed == upload[: len(echoed)]  # nothing lost between the half-done write and the drain, nothing twice
 
 
 def test_tls_echo_ends_quietly_when_a_peer_leaves_without_close_notify(
