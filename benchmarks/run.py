@@ -108,9 +108,16 @@ def _py_tls(script: str, *extra: str) -> Callable[[str, int, TlsFiles], list[str
     return argv
 
 
-def _yieldio(level: str, *extra: str) -> Callable[[str, int], list[str]]:
+def _yieldio(level: str, *extra: str, build: str = "pure") -> Callable[[str, int], list[str]]:
+    """``yieldio serve`` from this checkout; ``build`` "pure" (the default build, even where the
+    compiled module was made in place) or "compiled" (that module, which must have been built)."""
+
     def argv(host: str, port: int) -> list[str]:
+        if build == "compiled" and not list((REPO_ROOT / "src" / "yieldio").glob("_speedups.*.so")):
+            raise SystemExit("yieldio-compiled: build the compiled module first: YIELDIO_COMPILE=1 pip install -e .")
         return [
+            "env",
+            f"YIELDIO_PURE={1 if build == 'pure' else 0}",
             sys.executable,
             "-m",
             "yieldio",
@@ -198,6 +205,12 @@ SERVERS: list[Server] = [
         default=False,
         description="yieldio from $YIELDIO_REF_SRC (e.g. a git worktree of an earlier commit), log level warning",
         tls=_yieldio_ref_tls,
+    ),
+    Server(
+        "yieldio-compiled",
+        _yieldio("warning", build="compiled"),
+        default=False,
+        description="the optional compiled build (YIELDIO_COMPILE=1 pip install -e . first), log level warning",
     ),
     Server(
         "yieldio-workers2",

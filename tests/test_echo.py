@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 import yieldio
 from yieldio import ChunkFramer, Event, LineFramer, Socket, Task, open_connection, run_in_thread, spawn, timeout_after
-from yieldio.apps.echo import Framing, make_framer
+from yieldio.apps.echo import Framing, compiled_echo_step, make_framer
 from yieldio.core.instrument import Instrument
 
-from .harness import ServerThread, connect, recv_all, recv_exactly, split_line_replies
+from .harness import ProcessServers, ServerThread, connect, recv_all, recv_exactly, serve_command, split_line_replies
 
 
 def strip_prefixes(reply: bytes, prefix: bytes, max_line: int) -> bytes:
@@ -269,3 +269,79 @@ def recv_exactly_tls(tls: ssl.SSLSocket, size: int) -> bytes:
     while len(received) < size and (data := tls.recv(size - len(received))):
         received += data
     return bytes(received)
+
+
+# -- the optional compiled step (YIELDIO_COMPILE=1; CI runs the suite with and without it) ---------
+
+needs_compiled = pytest.mark.skipif(
+    compiled_echo_step is None, reason="the compiled build is not installed (YIELDIO_COMPILE=1 ./test.sh)"
+)
+
+
+def test_the_build_asked_for_is_the_one_that_runs() -> None:
+    asked = os.environ.get("YIELDIO_COMPILE") == "1" and os.environ.get("YIELDIO_PURE") != "1"
+    assert (compiled_echo_step is not None) == asked, "reinstall: ./test.sh, or YIELDIO_COMPILE=1 ./test.sh"
+
+
+@needs_compiled
+def test_compiled_step_byte_by_byte_over_a_socketpair() -> None:
+    assert compiled_echo_step is not None
+    whole = memoryview(bytearray(b"GOT:") + bytearray(1024))
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        ours.setblocking(False)
+        peer.settimeout(10)
+        assert compiled_echo_step(ours.fileno(), whole, 4) is None  # nothing to read yet
+        peer.sendall(b"Hello")
+        assert compiled_echo_step(ours.fileno(), whole, 4) == 5
+        assert recv_exactly(peer, 9) == b"GOT:Hello"
+        peer.shutdown(socket.SHUT_WR)
+        assert compiled_echo_step(ours.fileno(), whole, 4) == 0  # end of input
+        with pytest.raises(ValueError):
+            compiled_echo_step(ours.fileno(), whole, len(whole))
+        with pytest.raises(TypeError):
+            compiled_echo_step(ours.fileno(), whole)  # type: ignore[call-arg]
+
+
+@needs_compiled
+def test_compiled_step_reports_a_partial_reply_and_a_closed_peer() -> None:
+    assert compiled_echo_step is not None
+    big = memoryview(bytearray(b">") + bytearray(4 * 1024 * 1024))
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        ours.setblocking(False)
+        peer.settimeout(10)
+        outcome: int | tuple[int, int] | None = 0
+        for _ in range(100):  # the peer reads nothing: soon a reply no longer fits in the buffers
+            peer.sendall(b"x" * 100_000)
+            outcome = compiled_echo_step(ours.fileno(), big, 1)
+            if isinstance(outcome, tuple):
+                break
+        assert isinstance(outcome, tuple)
+        received, sent = outcome
+        assert received > 0 and 0 <= sent < 1 + received
+    ours, peer = socket.socketpair()
+    with ours:
+        ours.setblocking(False)
+        peer.sendall(b"bye")
+        peer.close()
+        with pytest.raises(BrokenPipeError):  # as sock.send raises it: the handler ends quietly
+            compiled_echo_step(ours.fileno(), big, 1)
+
+
+@pytest.mark.parametrize("pure", ["1", "0"], ids=["pure", "compiled"])
+def test_pure_and_compiled_servers_answer_alike(serve_process: ProcessServers, pure: str) -> None:
+    if pure == "0" and compiled_echo_step is None:
+        pytest.skip("the compiled build is not installed (YIELDIO_COMPILE=1 ./test.sh)")
+    upload = os.urandom(8 * 1024 * 1024)
+    server = serve_process.start(serve_command("--prefix", ""), env={"YIELDIO_PURE": pure})
+    with connect(server.address) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # replies will have to wait
+        sock.sendall(b"first")
+        assert recv_exactly(sock, 5) == b"first"
+        for start in range(0, len(upload), 256 * 1024):  # sent in pieces, each read back whole
+            piece = upload[start : start + 256 * 1024]
+            sock.sendall(piece)
+            assert recv_exactly(sock, len(piece)) == piece
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b""

@@ -1,0 +1,137 @@
+/* yieldio._speedups: the plain echo's per-message step in C (optional; see yieldio/apps/echo.py).
+
+Why: at 1 KiB per message the echo server spends most of its user-space time
+in the Python-level price of two socket calls per message (argument parsing,
+a buffer view, a slice, the GIL released and taken twice). This does the
+same two system calls in one call, with the GIL released once. It is built
+only on request (YIELDIO_COMPILE=1 at install time); the pure-Python loop in
+echo.py is the reference, and this must behave exactly like it.
+
+echo_step(fd, buffer, head) -> int | None | tuple[int, int]
+    Receives into buffer[head:] (the prefix sits in buffer[:head]), then
+    sends buffer[:head + received].
+    - received > 0, all of it sent: returns received.
+    - end of input: returns 0.
+    - nothing to read (EAGAIN): returns None.
+    - received > 0 but the send took only part (EAGAIN: maybe none): returns
+      (received, sent), and the caller keeps the rest and waits to write.
+    - any other error raises OSError with its errno, as the socket methods do
+      (ConnectionResetError, BrokenPipeError...). EINTR is retried after the
+      signal handlers ran, as the socket methods do.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+static PyObject *
+raise_errno(int error)
+{
+    errno = error;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static PyObject *
+echo_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "echo_step(fd, buffer, head) takes 3 arguments");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return NULL;
+    }
+    Py_ssize_t head = PyLong_AsSsize_t(args[2]);
+    if (head == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (head < 0 || head >= view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "head must leave room in the buffer");
+        return NULL;
+    }
+    char *base = view.buf;
+    ssize_t received, sent = 0;
+    int error = 0;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        received = recv((int)fd, base + head, (size_t)(view.len - head), 0);
+        if (received < 0) {
+            error = errno;
+        }
+        Py_END_ALLOW_THREADS
+        if (received >= 0 || error != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    if (received <= 0) {
+        PyBuffer_Release(&view);
+        if (received == 0) {
+            return PyLong_FromLong(0);
+        }
+        if (error == EAGAIN || error == EWOULDBLOCK) {
+            Py_RETURN_NONE;
+        }
+        return raise_errno(error);
+    }
+    size_t reply = (size_t)(head + received);
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        sent = send((int)fd, base, reply, MSG_NOSIGNAL);
+        if (sent < 0) {
+            error = errno;
+        }
+        Py_END_ALLOW_THREADS
+        if (sent >= 0 || error != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (sent < 0) {
+        if (error != EAGAIN && error != EWOULDBLOCK) {
+            return raise_errno(error);
+        }
+        sent = 0;
+    }
+    if ((size_t)sent == reply) {
+        return PyLong_FromSsize_t(received);
+    }
+    return Py_BuildValue("(nn)", (Py_ssize_t)received, (Py_ssize_t)sent);
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"echo_step", (PyCFunction)(void (*)(void))echo_step, METH_FASTCALL,
+     "echo_step(fd, buffer, head): receive into buffer[head:], send buffer[:head + n]; see the module."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT, "yieldio._speedups", "The plain echo's per-message step in C.", -1, speedups_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&speedups_module);
+}

@@ -1,0 +1,3 @@
+"""Types of the optional compiled module (src/yieldio/_speedups.c; built with YIELDIO_COMPILE=1)."""
+
+def echo_step(fd: int, buffer: memoryview, head: int, /) -> int | None | tuple[int, int]: ...
