@@ -15,7 +15,11 @@ they can be tested byte by byte.
 Either way, with the prefixes taken out, the replies are exactly the bytes
 received, in order.
 
-:func:`echo_handler` is the connection loop. It waits until the socket is
+:func:`echo_handler` picks the connection loop: over TLS, one that follows
+OpenSSL's rules; with chunk framing and the optional compiled module
+(:mod:`yieldio._speedups`, built with ``YIELDIO_COMPILE=1``), one whose
+per-message step is in C; otherwise the pure-Python loop, the reference both
+must match. Each waits until the socket is
 readable *before* reading (the tutorial's order), because in request/response
 traffic the next message has not arrived yet when the reply has just gone
 out, and an optimistic read would fail. It never reads more while a reply is
