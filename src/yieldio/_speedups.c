@@ -1,11 +1,11 @@
 /* yieldio._speedups: the plain echo's per-message step in C (optional; see yieldio/apps/echo.py).
 
 Why: at 1 KiB per message the echo server spends most of its user-space time
-in the Python-level price of two socket calls per message (argument parsing,
-a buffer view, a slice, the GIL released and taken twice). This does the
-same two system calls in one call, with the GIL released once. It is built
-only on request (YIELDIO_COMPILE=1 at install time); the pure-Python loop in
-echo.py is the reference, and this must behave exactly like it.
+in the Python-level price of two socket calls per message (argument parsing
+of each, a buffer view, a slice between them). This does the same two
+system calls in one call from Python. It is built only on request
+(YIELDIO_COMPILE=1 at install time); the pure-Python loop in echo.py is the
+reference, and this must behave exactly like it.
 
 echo_step(fd, buffer, head) -> int | None | tuple[int, int]
     Receives into buffer[head:] (the prefix sits in buffer[:head]), then
@@ -32,6 +32,27 @@ raise_errno(int error)
 {
     errno = error;
     return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* One recv (sending == 0) or send, with the GIL released; after EINTR, the signal handlers run
+   and it is tried again, as the socket methods do. Returns the byte count; -1 with *error set;
+   -2 if a signal handler raised (the exception is set). */
+static ssize_t
+transfer(int sending, int fd, char *data, size_t size, int *error)
+{
+    for (;;) {
+        ssize_t done;
+        Py_BEGIN_ALLOW_THREADS
+        done = sending ? send(fd, data, size, MSG_NOSIGNAL) : recv(fd, data, size, 0);
+        *error = done < 0 ? errno : 0;
+        Py_END_ALLOW_THREADS
+        if (done >= 0 || *error != EINTR) {
+            return done;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -2;
+        }
+    }
 }
 
 static PyObject *
@@ -64,22 +85,11 @@ echo_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     char *base = view.buf;
-    ssize_t received, sent = 0;
     int error = 0;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        received = recv((int)fd, base + head, (size_t)(view.len - head), 0);
-        if (received < 0) {
-            error = errno;
-        }
-        Py_END_ALLOW_THREADS
-        if (received >= 0 || error != EINTR) {
-            break;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
+    ssize_t received = transfer(0, (int)fd, base + head, (size_t)(view.len - head), &error);
+    if (received == -2) {
+        PyBuffer_Release(&view);
+        return NULL;
     }
     if (received <= 0) {
         PyBuffer_Release(&view);
@@ -92,20 +102,10 @@ echo_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return raise_errno(error);
     }
     size_t reply = (size_t)(head + received);
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        sent = send((int)fd, base, reply, MSG_NOSIGNAL);
-        if (sent < 0) {
-            error = errno;
-        }
-        Py_END_ALLOW_THREADS
-        if (sent >= 0 || error != EINTR) {
-            break;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
+    ssize_t sent = transfer(1, (int)fd, base, reply, &error);
+    if (sent == -2) {
+        PyBuffer_Release(&view);
+        return NULL;
     }
     PyBuffer_Release(&view);
     if (sent < 0) {

@@ -238,9 +238,9 @@ def _echo_plain(client: Socket, framer: Framer | None, prefix: bytes) -> Generat
 def _echo_compiled(client: Socket, prefix: bytes, step: EchoStep) -> Generator[Any, Any, None]:
     """The plain chunk echo with its per-message step compiled (:mod:`yieldio._speedups`).
 
-    One C call receives behind the prefix and sends the reply, with the GIL released once:
-    the same system calls as :func:`_echo_plain`, without the Python-level price of two
-    socket calls and a slice per message. It returns what was received (all of it answered),
+    One C call receives behind the prefix and sends the reply: the same system calls as
+    :func:`_echo_plain`, without the Python-level price of two socket calls and a slice per
+    message. It returns what was received (all of it answered),
     0 at end of input, None if there was nothing to read yet, or (received, sent) when the
     reply went out only in part: then the rest is copied and sent as the plain loop does.
     """
