@@ -81,17 +81,15 @@ class EchoCollector:
         handshakes = counter("yieldio_tls_handshake_failures", "TLS handshakes that failed")
         rejections = counter("yieldio_proxy_header_rejections", "Connections closed for a bad PROXY header")
         for label, stats in self.listeners:
+            bytes_in.add_metric([label], stats.bytes_in)  # both kinds count bytes
+            bytes_out.add_metric([label], stats.bytes_out)
             if isinstance(stats, ServerStats):
                 open_.add_metric([label], stats.open)
                 accepted.add_metric([label], stats.accepted)
-                bytes_in.add_metric([label], stats.bytes_in)
-                bytes_out.add_metric([label], stats.bytes_out)
                 pauses.add_metric([label], stats.accept_pauses)
                 handshakes.add_metric([label], stats.handshake_failures)
                 rejections.add_metric([label], stats.proxy_rejections)
             else:
-                bytes_in.add_metric([label], stats.bytes_in)
-                bytes_out.add_metric([label], stats.bytes_out)
                 datagrams_in.add_metric([label], stats.datagrams_in)
                 datagrams_out.add_metric([label], stats.datagrams_out)
                 too_large.add_metric([label], stats.truncated)
