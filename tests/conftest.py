@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -53,3 +56,11 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca.configure_trust(context)
     return context
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short directory of the test's own: a socket path is limited to ~107 bytes, and tmp_path can be longer."""
+    path = Path(tempfile.mkdtemp(prefix="yio-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -408,6 +408,23 @@ class ThreadServers:
 # -- clients ---------------------------------------------------------------------
 
 
+def run_client(command: Sequence[str], stdin: bytes, timeout: float = 10.0) -> subprocess.CompletedProcess[bytes]:
+    """Run a command-line client (nc, socat...) to the end with ``stdin``; never raises for its exit status.
+
+    From inside a kernel, run it in a thread: ``await yieldio.run_in_thread(run_client, command, stdin)``."""
+    return subprocess.run(list(command), input=stdin, capture_output=True, timeout=timeout, check=False)
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (containers often have no IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 def connect(address: tuple[str, int], timeout: float = 10.0) -> socket.socket:
     """A TCP connection (Nagle off: a test's small message leaves at once), every operation bounded by ``timeout``."""
     sock = socket.create_connection(address, timeout=timeout)

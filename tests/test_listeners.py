@@ -27,11 +27,10 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +45,11 @@ from .harness import (
     ServerProcess,
     connect,
     exchange,
+    has_ipv6_loopback,
     python_env,
     read_until,
     recv_exactly,
+    run_client,
     serve_command,
     yieldio_command,
 )
@@ -85,24 +86,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return paths
 
 
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    # a short directory of our own: a socket path is limited to ~107 bytes, and pytest's tmp_path can be longer
-    path = Path(tempfile.mkdtemp(prefix="yl-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HAS_IPV6 = _has_ipv6_loopback()
+HAS_IPV6 = has_ipv6_loopback()
 
 
 # -- the server and its listeners ------------------------------------------------
@@ -181,10 +165,6 @@ def processes_mentioning(marker: str) -> list[str]:
 
 
 # -- clients ---------------------------------------------------------------------
-
-
-def run_client(command: list[str], stdin: bytes, timeout: float = CLIENT_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(command, input=stdin, capture_output=True, timeout=timeout, check=False)
 
 
 def run_clients(*runs: Callable[[], subprocess.CompletedProcess[bytes]]) -> list[subprocess.CompletedProcess[bytes]]:

@@ -13,34 +13,19 @@ import errno
 import logging
 import re
 import socket
-import subprocess
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import pytest
 
 import yieldio
-from yieldio import DatagramCounters, Socket
+from yieldio import DatagramCounters, Socket, run_in_thread
+
+from .harness import has_ipv6_loopback, run_client
 
 
 def got(data: bytes, address: Any) -> bytes:
     return b"GOT:" + data
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-async def run_client(command: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
-    def run() -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(command, input=stdin, capture_output=True, timeout=10, check=False)
-
-    return await yieldio.run_in_thread(run)
 
 
 @contextlib.asynccontextmanager
@@ -73,8 +58,8 @@ def test_nc_and_socat_get_replies() -> None:
     async def main() -> tuple[Any, Any]:
         async with serving() as (host, port), yieldio.TaskGroup() as clients:
             # netcat-openbsd's UDP mode waits for replies until -w seconds of silence; socat for 0.5 s.
-            nc = await clients.spawn(run_client(["nc", "-u", "-w1", host, str(port)], b"Hello\n"))
-            via_socat = await clients.spawn(run_client(["socat", "-", f"UDP:{host}:{port}"], b"Hi\n"))
+            nc = await clients.spawn(run_in_thread(run_client, ["nc", "-u", "-w1", host, str(port)], b"Hello\n"))
+            via_socat = await clients.spawn(run_in_thread(run_client, ["socat", "-", f"UDP:{host}:{port}"], b"Hi\n"))
         return nc.result, via_socat.result
 
     nc, via_socat = yieldio.run(main)
@@ -86,7 +71,7 @@ def test_nc_and_socat_get_replies() -> None:
 def test_ipv6() -> None:
     async def main() -> tuple[Any, bytes]:
         async with serving(host="::1") as address:
-            via_socat = await run_client(["socat", "-", f"UDP6:[::1]:{address[1]}"], b"six\n")
+            via_socat = await run_in_thread(run_client, ["socat", "-", f"UDP6:[::1]:{address[1]}"], b"six\n")
             with client_socket(socket.AF_INET6) as sock:
                 reply = await ask(sock, address, b"python")
         return via_socat, reply

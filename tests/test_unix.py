@@ -10,42 +10,26 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import yieldio
-from yieldio import Socket
+from yieldio import Socket, run_in_thread
+
+from .harness import run_client
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix domain sockets")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names are Linux's")
 
 
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    # A short directory of our own: a socket path is limited to ~107 bytes, and pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="yio-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def abstract_name() -> str:
     return f"\0yieldio-test-{uuid.uuid4().hex}"
-
-
-async def run_client(command: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
-    def run() -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(command, input=stdin, capture_output=True, timeout=10, check=False)
-
-    return await yieldio.run_in_thread(run)
 
 
 @contextlib.asynccontextmanager
@@ -88,8 +72,8 @@ def test_nc_and_socat_talk_to_a_unix_server(sock_dir: Path) -> None:
     async def main() -> tuple[Any, Any]:
         async with serving(yieldio.unix_listen(path)):
             # nc -N half-closes after its input, as socat does by itself; the server then closes.
-            nc = await run_client(["nc", "-N", "-U", str(path)], b"Hello\n")
-            via_socat = await run_client(["socat", "-", f"UNIX-CONNECT:{path}"], b"Hi there\n")
+            nc = await run_in_thread(run_client, ["nc", "-N", "-U", str(path)], b"Hello\n")
+            via_socat = await run_in_thread(run_client, ["socat", "-", f"UNIX-CONNECT:{path}"], b"Hi there\n")
         return nc, via_socat
 
     nc, via_socat = yieldio.run(main)
@@ -207,7 +191,7 @@ def test_abstract_names_work_with_socat_and_python(sock_dir: Path) -> None:
 
     async def main() -> tuple[Any, bytes, OSError]:
         async with serving(yieldio.unix_listen(name)):
-            via_socat = await run_client(["socat", "-", f"ABSTRACT-CONNECT:{name[1:]}"], b"abstract\n")
+            via_socat = await run_in_thread(run_client, ["socat", "-", f"ABSTRACT-CONNECT:{name[1:]}"], b"abstract\n")
             reply = await ask(name.encode(), b"bytes name")
             with pytest.raises(OSError) as refused:
                 yieldio.unix_listen(name)
