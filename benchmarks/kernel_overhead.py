@@ -60,8 +60,8 @@ class _FakeClient:
 
 
 def measure(rounds: int) -> float:
-    from yieldio.apps.echo import echo_handler
     from yieldio.core.kernel import Kernel
+    from yieldio.servers.echo import echo_handler
 
     fds = list(range(100, 100 + CONNECTIONS))
     kernel = Kernel(poller=_EveryoneReadable(fds, rounds))

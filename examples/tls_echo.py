@@ -43,7 +43,7 @@ def make_contexts(args: argparse.Namespace) -> tuple[ssl.SSLContext, ssl.SSLCont
 
 async def main(server_context: ssl.SSLContext, client_context: ssl.SSLContext, hostname: str) -> bytes:
     with yieldio.tcp_listen(("127.0.0.1", 0)) as listener:
-        server = await yieldio.spawn(yieldio.serve(listener, echo, ssl=server_context))
+        server = await yieldio.spawn(yieldio.serve(listener, echo, yieldio.ServerOptions(ssl=server_context)))
         port = listener.getsockname()[1]
         async with await yieldio.open_connection(
             "127.0.0.1", port, ssl=client_context, server_hostname=hostname

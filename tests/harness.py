@@ -357,7 +357,7 @@ class ServerThread:
 
     def _run(self, handler: Callable[..., Any], options: dict[str, Any]) -> None:
         async def main() -> None:
-            server = await yieldio.spawn(yieldio.serve(self.listener, handler, **options))
+            server = await yieldio.spawn(yieldio.serve(self.listener, handler, yieldio.ServerOptions(**options)))
             await yieldio.wait_readable(self._stop_read)
             await server.cancel()
             assert isinstance(server.exception, yieldio.Cancelled), f"serve() ended by itself: {server.exception!r}"
@@ -630,6 +630,7 @@ SERVE_FLAGS = (
     "--tls-cert",
     "--tls-key",
     "--proxy-protocol",
+    "--proxy-timeout",
     "--metrics",
     "--prefix",
     "--framing",

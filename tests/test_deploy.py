@@ -36,9 +36,9 @@ import pytest
 import yaml
 
 import yieldio
-from yieldio.apps.echo import DRAIN_SECONDS
-from yieldio.apps.workers import STOP_GRACE
 from yieldio.core.kernel import Kernel
+from yieldio.servers.echo import DRAIN_SECONDS
+from yieldio.servers.workers import STOP_GRACE
 
 from .harness import ROOT, ProcessServers
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 import yieldio
 from yieldio import ChunkFramer, Event, LineFramer, Socket, Task, open_connection, run_in_thread, spawn, timeout_after
-from yieldio.apps.echo import Framing, compiled_echo_step, make_framer
-from yieldio.core.instrument import Instrument
+from yieldio.compiled import echo_step as compiled_echo_step
+from yieldio.core.hooks import Instrument
+from yieldio.servers.echo import Framing, make_framer
 
 from .harness import ProcessServers, ServerThread, connect, recv_all, recv_exactly, serve_command, split_line_replies
 
@@ -147,7 +148,7 @@ def serve_tls_echo(
             yieldio.current_kernel().add_instrument(instrument)
         with yieldio.tcp_listen(("127.0.0.1", 0)) as listener:
             handler = yieldio.make_echo_handler(prefix=prefix, framing=framing)
-            server = await spawn(yieldio.serve(listener, handler, ssl=server_context))
+            server = await spawn(yieldio.serve(listener, handler, yieldio.ServerOptions(ssl=server_context)))
             try:
                 return await timeout_after(20, client(listener.getsockname()[1]))
             finally:
@@ -211,7 +212,7 @@ def test_tls_echo_cancelled_mid_write_sends_the_rest_once_then_close_notify(
         yieldio.current_kernel().add_instrument(parked)
         with yieldio.tcp_listen(("127.0.0.1", 0)) as listener:
             handler = yieldio.make_echo_handler(prefix=b"", framing="chunk")
-            server = await spawn(yieldio.serve(listener, handler, ssl=server_context))
+            server = await spawn(yieldio.serve(listener, handler, yieldio.ServerOptions(ssl=server_context)))
             port = listener.getsockname()[1]
             async with await open_connection(
                 "127.0.0.1", port, ssl=client_context, server_hostname="localhost"

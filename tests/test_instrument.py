@@ -11,7 +11,8 @@ import sys
 
 import yieldio
 from yieldio import Kernel, sleep, spawn
-from yieldio.core.instrument import Instrument, task_table
+from yieldio.core.hooks import Instrument
+from yieldio.core.instrument import task_table
 
 from .harness import ProcessServers, ServerProcess, connect, python_env, recv_exactly
 

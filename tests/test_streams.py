@@ -537,7 +537,7 @@ def test_lines_over_tls_with_records_larger_than_each_recv() -> None:
 
     async def main() -> list[bytes]:
         with yieldio.tcp_listen(("127.0.0.1", 0)) as listener:
-            server = await spawn(yieldio.serve(listener, shout, ssl=server_context))
+            server = await spawn(yieldio.serve(listener, shout, yieldio.ServerOptions(ssl=server_context)))
             port = listener.getsockname()[1]
             sock = await yieldio.open_connection("127.0.0.1", port, ssl=client_context)
             async with Stream(sock, recv_size=5) as stream:

@@ -39,7 +39,7 @@ def serve_and_run(
 
     async def main() -> Any:
         with yieldio.tcp_listen(("127.0.0.1", 0)) as listener:
-            server = await spawn(yieldio.serve(listener, handler, ssl=context, **options))
+            server = await spawn(yieldio.serve(listener, handler, yieldio.ServerOptions(ssl=context, **options)))
             try:
                 return await client(listener.getsockname()[1])
             finally:
@@ -370,7 +370,7 @@ def test_tls_below_1_2_is_refused(
     with pytest.raises(ValueError, match="TLS 1.2 or newer"):
         yieldio.run(open_connection("127.0.0.1", 1, ssl=old_client))
     with yieldio.tcp_listen(("127.0.0.1", 0)) as listener, pytest.raises(ValueError, match="TLS 1.2 or newer"):
-        yieldio.run(yieldio.serve(listener, echo, ssl=old_server))
+        yieldio.run(yieldio.serve(listener, echo, yieldio.ServerOptions(ssl=old_server)))
 
     # ...and its server refuses a client that offers nothing newer (Python's ssl module as that client).
     def old_client_exchange(port: int) -> str:

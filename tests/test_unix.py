@@ -37,7 +37,7 @@ async def serving(
     listener: Socket, handler: Callable[..., Any] = yieldio.echo_handler, **options: Any
 ) -> AsyncIterator[None]:
     """``serve(listener, handler)`` as a task for the block; then cancel it and close the listener."""
-    server = await yieldio.spawn(yieldio.serve(listener, handler, **options))
+    server = await yieldio.spawn(yieldio.serve(listener, handler, yieldio.ServerOptions(**options)))
     try:
         yield
     finally:
@@ -209,7 +209,9 @@ def test_unix_server_logs_passes_options_and_cleans_up(sock_dir: Path, caplog: p
     path = sock_dir / "server.sock"
 
     async def main() -> tuple[bytes, bytes]:
-        server = await yieldio.spawn(yieldio.unix_server(path, yieldio.echo_handler, idle_timeout=0.2))
+        server = await yieldio.spawn(
+            yieldio.unix_server(path, yieldio.echo_handler, yieldio.ServerOptions(idle_timeout=0.2))
+        )
         try:
             await yieldio.sleep(0)  # it binds and logs on its first step
             reply = await ask(path, b"served")

@@ -84,7 +84,7 @@ def test_workers_share_the_port_restart_and_stop_on_sigterm(serve_process: Proce
 
 CRASHING_WORKER = """
 import logging, sys
-from yieldio.apps.workers import supervise
+from yieldio.servers.workers import supervise
 
 def work(ready) -> int:
     raise RuntimeError("worker bug")

@@ -20,11 +20,11 @@ layer a sub-package that imports only from the layers before it:
 
 - :mod:`yieldio.core`: the scheduler (kernel, poller, traps, scopes, sync, instrument, runner);
 - :mod:`yieldio.io`: sockets (TLS included), streams, Unix and UDP sockets;
-- :mod:`yieldio.servers`: accept loops;
-- :mod:`yieldio.apps`: the echo server, the ``connect`` client, the command line.
+- :mod:`yieldio.servers`: accept loops, the echo protocol, listeners, workers;
+- :mod:`yieldio.observe`: metrics;
+- :mod:`yieldio.cli`: the ``yieldio`` command, one module per subcommand.
 """
 
-from .apps.echo import ChunkFramer, LineFramer, echo_handler, make_echo_handler
 from .core import traps
 from .core.kernel import Cancelled, Kernel, Task, current_kernel, running_kernel
 from .core.runner import run, tasks
@@ -35,7 +35,8 @@ from .io.sockets import DatagramTooLarge, Socket, connect_staggered, format_addr
 from .io.streams import IncompleteReadError, LimitOverrunError, Stream, StreamBuffer
 from .io.udp import udp_bind
 from .io.unix import format_unix_address, open_unix_connection
-from .servers.tcp import serve, tcp_listen, tcp_server
+from .servers.echo import ChunkFramer, LineFramer, echo_handler, make_echo_handler
+from .servers.stream import ServerOptions, serve, tcp_listen, tcp_server
 from .servers.udp import DatagramCounters, serve_datagrams, udp_server
 from .servers.unix import UnixListener, unix_listen, unix_server
 from .version import __version__
@@ -57,6 +58,7 @@ __all__ = [
     "QueueEmpty",
     "QueueFull",
     "Semaphore",
+    "ServerOptions",
     "Socket",
     "Stream",
     "StreamBuffer",

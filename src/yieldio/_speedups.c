@@ -1,4 +1,4 @@
-/* yieldio._speedups: the plain echo's per-message step in C (optional; see yieldio/apps/echo.py).
+/* yieldio._speedups: the plain echo's per-message step in C (optional; see yieldio/servers/echo.py).
 
 Why: at 1 KiB per message the echo server spends most of its user-space time
 in the Python-level price of two socket calls per message (argument parsing

@@ -1,24 +1,11 @@
-"""Watching the scheduler: the instrument hook, the trace, and the task table.
+"""Watching the scheduler: the trace, and the task table.
 
-The kernel tells every object in ``Kernel.instruments`` about each
-scheduling event, by calling the method of that name if it has one (the idea
-of trio's Instrument API). With no instrument the hot loop pays one falsy
-list check per event, nothing more, so instrumentation can stay compiled in.
+Both watch through the instrument interface of :mod:`yieldio.core.hooks`
+(the events, in the tutorial's terms, are listed there). An instrument whose
+hook raises is removed (and the error logged), as in trio: watching must
+never break what is watched.
 
-Events, in the tutorial's terms:
-
-- ``task_spawned(task)``: a new task joins the ready queue;
-- ``task_resumed(task)``: the scheduler runs it (``next(task)`` in the tutorial);
-- ``task_yielded(task, trap)``: it gave control back, saying what it waits for;
-- ``task_woken(task, why)``: it leaves a waiting area for the ready queue
-  (``why`` is ``"poll: fd 7 readable"``, ``"timer"``...);
-- ``task_cancelled(task, exc)``: an exception is on its way to its wait point;
-- ``task_finished(task)``: it returned, or crashed (``task.exception``).
-
-An instrument whose method raises is removed (and the error logged), as in
-trio: watching must never break what is watched.
-
-:class:`Tracer` turns these into one line each, and :func:`task_table`
+:class:`Tracer` turns the events into one line each, and :func:`task_table`
 lists what every task is doing, in the tutorial's words (:func:`describe`).
 A task's supervisor that knows more about it (a server knows each
 connection's peer and byte counts) says so through :class:`ConnectionOwner`.
@@ -31,20 +18,10 @@ import sys
 import time
 from typing import Any, Protocol, TextIO, runtime_checkable
 
+from .hooks import Instrument
 from .kernel import Cancelled, Kernel, Task
 
 trace_log = logging.getLogger("yieldio.trace")
-
-
-class Instrument:
-    """Base class for instruments: override the events you care about."""
-
-    def task_spawned(self, task: Task) -> None: ...
-    def task_resumed(self, task: Task) -> None: ...
-    def task_yielded(self, task: Task, trap: Any) -> None: ...
-    def task_woken(self, task: Task, why: str) -> None: ...
-    def task_cancelled(self, task: Task, exc: BaseException) -> None: ...
-    def task_finished(self, task: Task) -> None: ...
 
 
 def _describe_wait(trap: Any) -> str:

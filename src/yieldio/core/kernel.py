@@ -41,7 +41,8 @@ That is all the kernel does. It does no I/O besides polling (sockets live
 in :mod:`yieldio.io`); signals, the module-level ``run()`` and the
 tutorial's ``tasks`` live in :mod:`yieldio.core.runner`; the words that
 describe a task's state live with the task table in
-:mod:`yieldio.core.instrument`.
+:mod:`yieldio.core.instrument`; the interface instruments follow, in
+:mod:`yieldio.core.hooks`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from collections.abc import Callable, MutableSequence
 from typing import Any, Protocol, cast
 
 from . import traps
+from .hooks import Hook, HookIndex, Instrument
 from .poller import IN, OUT, READ_EVENTS, WRITE_EVENTS, Poller, Waker, default_poller
 from .traps import Coro
 
@@ -189,7 +191,8 @@ class Kernel:
         self._live = 0  # tasks that are not daemons and not done
         self._main: Task | None = None  # run's main task: its outcome is returned, so its failure is not logged
         self.current: Task | None = None
-        self.instruments: list[Any] = []  # objects with some of yieldio.core.instrument.Instrument's methods
+        self.instruments: list[Instrument] = []  # see yieldio.core.hooks; empty: the hot loop pays one test
+        self.hooks = HookIndex()  # per event, the hooks the instruments define
         self.stopping = False
         # work handed over by other threads, and the socket that wakes the poll when it comes
         self._from_threads: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
@@ -215,7 +218,7 @@ class Kernel:
             self._live += 1
         self._ready.append(task)
         if self.instruments:
-            self._emit("task_spawned", task)
+            self._emit(self.hooks.task_spawned, task)
         return task
 
     def tasks(self) -> list[Task]:
@@ -252,7 +255,7 @@ class Kernel:
         if task._exc is None:
             task._exc = exc if exc is not None else Cancelled()
         if self.instruments:
-            self._emit("task_cancelled", task, task._exc)
+            self._emit(self.hooks.task_cancelled, task, task._exc)
         if self._unpark(task):
             self._ready.append(task)
         return True
@@ -266,7 +269,7 @@ class Kernel:
         task._next = value
         self._ready.append(task)
         if self.instruments:
-            self._emit("task_woken", task, "woken")
+            self._emit(self.hooks.task_woken, task, "woken")
 
     def wake_all(self, waiters: MutableSequence[Task], value: Any = None) -> None:
         """Resume every task parked on ``waiters`` (see traps.park), first parked first."""
@@ -287,25 +290,25 @@ class Kernel:
             if task is not None:
                 self._ready.append(task)
 
-    def add_instrument(self, instrument: Any) -> None:
-        """Have ``instrument`` told of every scheduling event (see :mod:`yieldio.core.instrument`)."""
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Have ``instrument`` told of the scheduling events it has hooks for (see :mod:`yieldio.core.hooks`)."""
         self.instruments.append(instrument)
+        self.hooks.add(instrument)
 
-    def remove_instrument(self, instrument: Any) -> None:
+    def remove_instrument(self, instrument: Instrument) -> None:
         self.instruments.remove(instrument)
+        self.hooks.remove(instrument)
 
-    def _emit(self, event: str, task: Task, *details: Any) -> None:
-        for instrument in list(self.instruments):
-            hook = getattr(instrument, event, None)
-            if hook is None:
-                continue
+    def _emit(self, hooks: tuple[Hook, ...], task: Task, *details: Any) -> None:
+        for hook in hooks:
             try:
                 hook(task, *details)
             except Exception:
                 # as trio does: a broken instrument must not take the program down with it
-                log.exception("instrument %r raised in %s: removed", instrument, event)
+                instrument = self.hooks.owner(hook)
+                log.exception("instrument %r raised in %s: removed", instrument, getattr(hook, "__name__", hook))
                 if instrument in self.instruments:
-                    self.instruments.remove(instrument)
+                    self.remove_instrument(instrument)
 
     def where(self, task: Task) -> WaitPoint | None:
         """Where a parked task waits: ``('recv' or 'send', fd)``, ``('sleep', timer)``,
@@ -398,10 +401,10 @@ class Kernel:
                     append(writer)
                 elif reader is None:
                     self._unclaimed(fd)  # nobody waits for what happened
-                if instruments:
+                if instruments and self.hooks.task_woken:
                     for woken, what in ((reader, "readable"), (writer, "writable")):
                         if woken is not None:
-                            self._emit("task_woken", woken, f"poll: fd {fd} {what}")
+                            self._emit(self.hooks.task_woken, woken, f"poll: fd {fd} {what}")
             if timers and timers[0].deadline <= monotonic():
                 self._fire_timers()
             n = len(ready)
@@ -410,7 +413,7 @@ class Kernel:
                 task = popleft()
                 self.current = task
                 if instruments:
-                    self._emit("task_resumed", task)
+                    self._emit(self.hooks.task_resumed, task)
                 try:
                     if task._exc is None:
                         trap = task._send(task._next)
@@ -451,7 +454,7 @@ class Kernel:
                     self._reject(task, trap, error)
                     n += 1
                 if instruments:
-                    self._emit("task_yielded", task, trap)
+                    self._emit(self.hooks.task_yielded, task, trap)
             self.current = None
 
     def _reject(self, task: Task, trap: Any, error: Exception) -> None:
@@ -570,7 +573,7 @@ class Kernel:
         if not task.daemon:
             self._live -= 1
         if self.instruments:
-            self._emit("task_finished", task)
+            self._emit(self.hooks.task_finished, task)
         joiners = task._joiners
         if (
             error is not None
@@ -605,7 +608,7 @@ class Kernel:
         task._next = None
         self._ready.append(task)
         if self.instruments:
-            self._emit("task_woken", task, "timer")
+            self._emit(self.hooks.task_woken, task, "timer")
 
     def _trap_spawn(self, task: Task, arg: tuple[Coro, str | None, bool]) -> bool:
         coro, name, daemon = arg

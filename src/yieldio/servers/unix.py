@@ -1,8 +1,9 @@
-"""Unix domain socket servers: the TCP server's accept loop, on a path.
+"""Unix domain socket servers: the stream server's accept loop, on a path.
 
-Serving is :func:`yieldio.servers.tcp.serve`, unchanged: a Unix stream
-socket accepts like a TCP one. What is Unix-specific is the file the socket
-leaves in the file system, which outlives the process that made it:
+Serving is :func:`yieldio.servers.stream.serve`, unchanged: a Unix stream
+socket accepts like a TCP one, with the same :class:`~.stream.ServerOptions`.
+What is Unix-specific is the file the socket leaves in the file system,
+which outlives the process that made it:
 
 - *A stale file is replaced, a live one never.* Binding fails with
   ``EADDRINUSE`` whenever the path exists. If it is a socket, connecting to
@@ -45,7 +46,7 @@ from typing import Any
 
 from ..io.sockets import Socket
 from ..io.unix import UnixPath, format_unix_address, is_abstract
-from .tcp import Handler, ServerStats, serve
+from .stream import DEFAULT_OPTIONS, Handler, ServerOptions, ServerStats, serve
 
 log = logging.getLogger("yieldio")
 
@@ -132,25 +133,15 @@ def _in_use(path: str | bytes) -> OSError:
 def unix_server(
     path: UnixPath,
     handler: Handler,
+    options: ServerOptions = DEFAULT_OPTIONS,
     *,
-    backlog: int = 1024,
-    max_clients: int | None = None,
-    idle_timeout: float | None = None,
-    proxy_protocol: bool = False,
     stats: ServerStats | None = None,
 ) -> Generator[Any, Any, None]:
     """Listen at ``path`` and serve each connection with ``handler(client, address)``, as ``tcp_server`` does.
 
-    The socket file is removed when the server stops.
+    The socket file is removed when the server stops (``options.reuse_port`` means nothing here).
     """
-    listener = unix_listen(path, backlog=backlog)
+    listener = unix_listen(path, backlog=options.backlog)
     log.info("listening on %s", format_unix_address(listener.path))
     with listener:
-        yield from serve(
-            listener,
-            handler,
-            max_clients=max_clients,
-            idle_timeout=idle_timeout,
-            proxy_protocol=proxy_protocol,
-            stats=stats,
-        )
+        yield from serve(listener, handler, options, stats=stats)

@@ -1,7 +1,7 @@
 """The echo server's listeners: all opened before any is served, then served by one kernel.
 
 ``yieldio serve`` may listen on TCP, TLS, UDP and Unix sockets at once
-(:mod:`.listen_urls` says how they are written). Two rules shape this module:
+(:mod:`yieldio.io.urls` says how they are written). Two rules shape this module:
 
 *Nothing half-started.* Every listener is opened, and the TLS certificate
 loaded, before the first connection is accepted; if any of that fails (a
@@ -34,10 +34,10 @@ from typing import Any
 from ..core.scopes import TaskGroup
 from ..io.sockets import Socket, format_address
 from ..io.udp import udp_bind
-from ..servers.tcp import ServerStats, serve, tcp_listen
-from ..servers.udp import DatagramCounters, serve_datagrams
-from ..servers.unix import unix_listen
-from .listen_urls import ListenURL
+from ..io.urls import ListenURL
+from .stream import DEFAULT_OPTIONS, ServerOptions, ServerStats, serve, tcp_listen
+from .udp import DatagramCounters, serve_datagrams
+from .unix import unix_listen
 
 
 class SetupError(Exception):
@@ -65,12 +65,9 @@ class Listener:
 class EchoOptions:
     """What every listener's echo shares."""
 
-    handler: Callable[[Socket, Any], Any]  # the stream echo (apps.echo.make_echo_handler)
+    handler: Callable[[Socket, Any], Any]  # the stream echo (servers.echo.make_echo_handler)
     prefix: bytes  # for datagrams: each is answered with prefix + datagram
-    max_clients: int | None = None
-    idle_timeout: float | None = None
-    proxy_protocol: bool = False
-    tls: ssl.SSLContext | None = None
+    server: ServerOptions = DEFAULT_OPTIONS  # for the stream listeners; its ssl for the tls:// ones only
 
 
 def load_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -146,15 +143,8 @@ def serve_listener(listener: Listener, options: EchoOptions) -> Generator[Any, A
             prefix = options.prefix
             yield from serve_datagrams(listener.sock, lambda data, _: prefix + data, counters=listener.stats)
         else:
-            yield from serve(
-                listener.sock,
-                options.handler,
-                max_clients=options.max_clients,
-                idle_timeout=options.idle_timeout,
-                ssl=options.tls if listener.url.kind == "tls" else None,
-                proxy_protocol=options.proxy_protocol,
-                stats=listener.stats,
-            )
+            server = options.server if listener.url.kind == "tls" else replace(options.server, ssl=None)
+            yield from serve(listener.sock, options.handler, server, stats=listener.stats)
 
 
 async def serve_all(
@@ -169,7 +159,10 @@ async def serve_all(
             await group.spawn(_serve_metrics(endpoint, handler), name=f"metrics {endpoint.label}")
 
 
+_METRICS_OPTIONS = ServerOptions(max_clients=64, log_connections=False)  # scrapes are not news
+
+
 @types.coroutine
 def _serve_metrics(listener: Listener, handler: Callable[[Socket, Any], Any]) -> Generator[Any, Any, None]:
     with listener.sock:
-        yield from serve(listener.sock, handler, max_clients=64, log_connections=False)  # scrapes: not news
+        yield from serve(listener.sock, handler, _METRICS_OPTIONS)

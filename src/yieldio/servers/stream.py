@@ -1,4 +1,9 @@
-"""TCP servers: a listening socket, an accept loop, one task per connection.
+"""Stream servers: a listening socket, an accept loop, one task per connection.
+
+TCP, TLS and Unix stream sockets are all served here (:mod:`.unix` adds only
+the socket file's life cycle); what a server does is set by one frozen
+:class:`ServerOptions`, shared by :func:`serve`, :func:`tcp_server` and
+:func:`~yieldio.servers.unix.unix_server`.
 
 The shape is the tutorial's ``tcp_server``: wait until the listening socket
 is readable, accept, start a task for the client, repeat. What a real server
@@ -44,6 +49,7 @@ import socket
 import time
 import types
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from ssl import SSLContext
 from sys import intern
 from typing import Any, cast
@@ -79,6 +85,38 @@ def tcp_listen(
         sock.close()
         raise
     return Socket(sock)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """How a stream server treats its connections: one object for :func:`serve`, :func:`tcp_server` and
+    :func:`~yieldio.servers.unix.unix_server`, so that each takes every option and none is copied by hand.
+
+    - ``max_clients``: stop accepting while this many connections are open (new ones wait in the backlog);
+    - ``idle_timeout``: close a connection that has sent nothing for this many seconds;
+    - ``nodelay``: turn off Nagle's algorithm on each TCP connection, as asyncio does, so a reply goes
+      out at once instead of waiting for the peer's (possibly delayed) acknowledgement;
+    - ``ssl``: a server-side :class:`ssl.SSLContext` (TLS 1.2 or newer) makes it a TLS server; the
+      handshake must be done within ``handshake_timeout`` seconds;
+    - ``proxy_protocol``: each connection must begin with a PROXY protocol header, within
+      ``proxy_timeout`` seconds; the handler then gets the original client's address;
+    - ``log_connections``: the INFO lines of each connection opening and closing;
+    - ``backlog``, ``reuse_port``: for the functions that open their own listening socket.
+    """
+
+    max_clients: int | None = None
+    idle_timeout: float | None = None
+    nodelay: bool = True
+    ssl: SSLContext | None = None
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    proxy_protocol: bool = False
+    proxy_timeout: float = PROXY_HEADER_TIMEOUT
+    log_connections: bool = True
+    backlog: int = 1024
+    reuse_port: bool = False
+
+
+DEFAULT_OPTIONS = ServerOptions()
 
 
 class ServerStats:
@@ -158,32 +196,19 @@ class _Connections:
     moved since ``idle_timeout`` ago is cancelled.
     """
 
-    def __init__(
-        self,
-        kernel: Kernel,
-        handler: Handler,
-        max_clients: int | None,
-        idle_timeout: float | None,
-        tls: SSLContext | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        proxy_protocol: bool = False,
-        proxy_timeout: float = PROXY_HEADER_TIMEOUT,
-        stats: ServerStats | None = None,
-        log_connections: bool = True,
-    ):
+    def __init__(self, kernel: Kernel, handler: Handler, options: ServerOptions, stats: ServerStats | None) -> None:
         self.kernel = kernel
         self.handler = handler
         self.handler_name = getattr(handler, "__qualname__", "handler")
-        self.max_clients = max_clients
-        self.idle_timeout = idle_timeout
+        self.options = options
+        self.max_clients = options.max_clients
+        self.idle_timeout = options.idle_timeout
         self.nodelay = False
-        self.tls = tls
-        self.handshake_timeout = handshake_timeout
-        self.proxy_protocol = proxy_protocol
-        self.proxy_timeout = proxy_timeout
+        self.tls = options.ssl
+        self.proxy_protocol = options.proxy_protocol
         self.stats = stats or ServerStats()
         self.stats._connections = self
-        self.log_connections = log_connections
+        self.log_connections = options.log_connections
         # connections whose opening was not logged (their PROXY header is awaited, or was
         # refused): their closing is not logged either, so a refusal is one line
         self.unannounced: set[Task] = set()
@@ -191,8 +216,8 @@ class _Connections:
         self.slot_waiters: list[Task] = []
         self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
         self.sweeper: Timer | None = None
-        if idle_timeout:
-            self.sweeper = kernel.call_later(idle_timeout / 4, self.sweep)
+        if self.idle_timeout:
+            self.sweeper = kernel.call_later(self.idle_timeout / 4, self.sweep)
 
     def start(self, sock: socket.socket, address: Any) -> None:
         # The handler's own generator or coroutine is the task (no wrapper
@@ -226,7 +251,7 @@ class _Connections:
         that order): those first, then the handler, which a connection that fails them never reaches."""
         if self.proxy_protocol:
             try:
-                header = yield from read_proxy_header(client, self.proxy_timeout)
+                header = yield from read_proxy_header(client, self.options.proxy_timeout)
             except (ProxyProtocolError, OSError) as error:
                 self.stats.proxy_rejections += 1
                 log.warning("connection %s: rejected: %s", format_address(address), error)
@@ -243,7 +268,9 @@ class _Connections:
                 log.info("connection from %s (PROXY %s)", format_address(address), header.command)
         if self.tls is not None:
             try:
-                yield from client.start_tls(self.tls, server_side=True, handshake_timeout=self.handshake_timeout)
+                yield from client.start_tls(
+                    self.tls, server_side=True, handshake_timeout=self.options.handshake_timeout
+                )
             except OSError as error:  # ssl.SSLError, a reset, or TaskTimeout (a TimeoutError)
                 self.stats.handshake_failures += 1
                 reason = str(error) or type(error).__name__
@@ -296,48 +323,17 @@ class _Connections:
 
 @types.coroutine
 def serve(
-    listener: Socket,
-    handler: Handler,
-    *,
-    max_clients: int | None = None,
-    idle_timeout: float | None = None,
-    nodelay: bool = True,
-    ssl: SSLContext | None = None,
-    handshake_timeout: float = HANDSHAKE_TIMEOUT,
-    proxy_protocol: bool = False,
-    proxy_timeout: float = PROXY_HEADER_TIMEOUT,
-    stats: ServerStats | None = None,
-    log_connections: bool = True,
+    listener: Socket, handler: Handler, options: ServerOptions = DEFAULT_OPTIONS, *, stats: ServerStats | None = None
 ) -> Generator[Any, Any, None]:
     """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``.
 
-    ``nodelay`` turns off Nagle's algorithm on each TCP connection, as asyncio does: a reply
-    goes out at once instead of waiting for the peer's (possibly delayed) acknowledgement.
-
-    ``ssl`` (a server-side :class:`ssl.SSLContext`, accepting TLS 1.2 or newer) makes it a TLS
-    server: ``handler`` gets a :class:`Socket` that reads and writes plaintext, once the
-    handshake is done; a handshake not done within ``handshake_timeout`` seconds fails.
-
-    ``proxy_protocol`` requires a PROXY protocol header first on each connection (within
-    ``proxy_timeout`` seconds); ``handler`` then gets the original client's address.
-    ``stats`` is counted into, for whoever reports on the server. ``log_connections=False``
-    leaves out the INFO lines of each connection opening and closing.
+    Over TLS (``options.ssl``) ``handler`` gets a :class:`Socket` that reads and writes plaintext,
+    once the handshake is done. ``stats`` is counted into, for whoever reports on the server.
     """
-    if ssl is not None:
-        check_tls_version(ssl)
-    connections = _Connections(
-        current_kernel(),
-        handler,
-        max_clients,
-        idle_timeout,
-        ssl,
-        handshake_timeout,
-        proxy_protocol,
-        proxy_timeout,
-        stats,
-        log_connections,
-    )
-    connections.nodelay = nodelay and listener.family in (socket.AF_INET, socket.AF_INET6)
+    if options.ssl is not None:
+        check_tls_version(options.ssl)
+    connections = _Connections(current_kernel(), handler, options, stats)
+    connections.nodelay = options.nodelay and listener.family in (socket.AF_INET, socket.AF_INET6)
     try:
         yield from _accept_forever(listener, connections)
     finally:
@@ -399,29 +395,12 @@ def _until_a_connection_ends(connections: _Connections, seconds: float) -> Gener
 def tcp_server(
     address: tuple[str, int],
     handler: Handler,
+    options: ServerOptions = DEFAULT_OPTIONS,
     *,
-    backlog: int = 1024,
-    reuse_port: bool = False,
-    max_clients: int | None = None,
-    idle_timeout: float | None = None,
-    nodelay: bool = True,
-    ssl: SSLContext | None = None,
-    handshake_timeout: float = HANDSHAKE_TIMEOUT,
-    proxy_protocol: bool = False,
     stats: ServerStats | None = None,
 ) -> Generator[Any, Any, None]:
-    """Listen on ``address`` and serve each connection with ``handler(client, address)`` (over TLS with ``ssl``)."""
-    listener = tcp_listen(address, backlog=backlog, reuse_port=reuse_port)
-    log.info("listening on %s%s", format_address(listener.getsockname()), " (TLS)" if ssl is not None else "")
+    """Listen on ``address`` and serve each connection with ``handler(client, address)`` (see :func:`serve`)."""
+    listener = tcp_listen(address, backlog=options.backlog, reuse_port=options.reuse_port)
+    log.info("listening on %s%s", format_address(listener.getsockname()), " (TLS)" if options.ssl is not None else "")
     with listener:
-        yield from serve(
-            listener,
-            handler,
-            max_clients=max_clients,
-            idle_timeout=idle_timeout,
-            nodelay=nodelay,
-            ssl=ssl,
-            handshake_timeout=handshake_timeout,
-            proxy_protocol=proxy_protocol,
-            stats=stats,
-        )
+        yield from serve(listener, handler, options, stats=stats)

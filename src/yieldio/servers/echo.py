@@ -17,7 +17,7 @@ received, in order.
 
 :func:`echo_handler` picks the connection loop: over TLS, one that follows
 OpenSSL's rules; with chunk framing and the optional compiled module
-(:mod:`yieldio._speedups`, built with ``YIELDIO_COMPILE=1``), one whose
+(:mod:`yieldio.compiled` says whether it was built), one whose
 per-message step is in C; otherwise the pure-Python loop, the reference both
 must match. Each waits until the socket is
 readable *before* reading (the tutorial's order), because in request/response
@@ -31,25 +31,17 @@ within a time limit, before the connection closes.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import ssl
 import threading
 import types
 from collections.abc import Callable, Generator
 from typing import Any, Literal, Protocol, cast
 
+from ..compiled import EchoStep
+from ..compiled import echo_step as compiled_echo_step
 from ..core.kernel import Cancelled
 from ..core.scopes import TaskTimeout, timeout_after
 from ..io.sockets import Socket
-
-# The optional compiled step (built with YIELDIO_COMPILE=1; see hatch_build.py), unless
-# YIELDIO_PURE=1 asks for the pure-Python loop. Without it, the same loop runs in Python.
-EchoStep = Callable[[int, memoryview, int], int | None | tuple[int, int]]
-compiled_echo_step: EchoStep | None = None
-if os.environ.get("YIELDIO_PURE") != "1":
-    with contextlib.suppress(ImportError):
-        from .._speedups import echo_step as compiled_echo_step
 
 DEFAULT_PREFIX = b"GOT:"
 DEFAULT_MAX_LINE = 64 * 1024

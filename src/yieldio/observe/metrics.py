@@ -1,6 +1,6 @@
 """Prometheus metrics for ``yieldio serve --metrics HOST:PORT``.
 
-The servers count what they do anyway (:class:`~yieldio.servers.tcp.ServerStats`,
+The servers count what they do anyway (:class:`~yieldio.servers.stream.ServerStats`,
 :class:`~yieldio.servers.udp.DatagramCounters`), in plain integers, on
 paths that run once per connection or per datagram. Nothing here adds to
 them: a custom collector reads them when Prometheus scrapes, so the
@@ -27,7 +27,7 @@ from ..core.kernel import running_kernel
 from ..core.scopes import TaskTimeout, timeout_after
 from ..io.sockets import Socket, format_address
 from ..io.streams import IncompleteReadError, LimitOverrunError, Stream
-from ..servers.tcp import ServerStats
+from ..servers.stream import ServerStats
 from ..servers.udp import DatagramCounters
 
 if TYPE_CHECKING:

@@ -44,17 +44,22 @@ signal number (130, 143), the shell's convention for "stopped by a signal".
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 from ..core.kernel import Task
+from ..core.runner import SignalRoute, new_kernel
 from ..core.scopes import TaskGroup
 from ..core.traps import cancel, wait_readable, wait_writable
 from ..io.sockets import Socket, format_address, open_connection
+from .flags import FromEnvironment, add_log_level, connect_port
 
 log = logging.getLogger("yieldio")
 
@@ -195,3 +200,38 @@ def stdin_is_open() -> bool:
     except OSError:
         return False
     return True
+
+
+def add_parser(commands: Any) -> FromEnvironment:
+    """``connect HOST PORT`` and its flags."""
+    connect = commands.add_parser(
+        "connect",
+        help="talk to a server: lines typed go out, replies are printed",
+        description=(
+            "Connect to HOST:PORT; send what is typed (or piped in) and print what the server sends. "
+            "At the end of input (Ctrl-D) the connection is half-closed and the replies still on their way "
+            "are printed before exiting. Exit status: 0 when the server closed the connection, 1 when it "
+            "could not be made or broke, 130 on Ctrl-C."
+        ),
+    )
+    connect.add_argument("host", metavar="HOST", help="name or address of the server")
+    connect.add_argument("port", metavar="PORT", type=connect_port, help="its TCP port")
+    env = FromEnvironment()
+    add_log_level(connect, env, "warning")
+    connect.set_defaults(func=connect_command)
+    return env
+
+
+def connect_command(args: argparse.Namespace) -> int:
+    """``yieldio connect HOST PORT``; returns the exit status."""
+    stdin = STDIN if stdin_is_open() else None
+    kernel = new_kernel()
+    with nonblocking(STDIN) if stdin is not None else nullcontext(), SignalRoute(kernel) as signals:
+        outcome: Outcome | None = kernel.run(talk(args.host, args.port, stdin))
+    if outcome is None:  # the session was cancelled on SIGINT or SIGTERM
+        assert signals.received is not None
+        return 128 + signals.received
+    status, message = outcome
+    if message:
+        print(f"yieldio: {message}", file=sys.stderr)
+    return status

@@ -1,0 +1,36 @@
+"""The ``yieldio`` command: one module per subcommand, and what they share.
+
+- :mod:`.serve`: ``yieldio serve``, the echo server on every listener;
+- :mod:`.connect`: ``yieldio connect``, an interactive client on the kernel;
+- :mod:`.flags`: the parser, ``YIELDIO_*`` variables, logging.
+
+A subcommand's module has ``add_parser(commands)``, which declares its flags and returns
+those an environment variable may set; the parser's ``func`` runs it and returns the exit
+status. Errors a user can make (a wrong flag, a bad port, a busy address) end in one readable
+line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ..version import __version__
+from . import connect, serve
+from .flags import CommandParser, setup_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = CommandParser(prog="yieldio", description="A generator-based cooperative scheduler and its echo server.")
+    parser.add_argument("--version", action="version", version=f"yieldio {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
+    commands.required = True
+    environments = {"serve": serve.add_parser(commands), "connect": connect.add_parser(commands)}
+    args = parser.parse_args(argv)
+    environ = dict(os.environ)
+    environments[args.command].apply(parser, args, environ)
+    resolve = getattr(args, "resolve", None)
+    if resolve is not None:
+        resolve(parser, args, environ)
+    setup_logging(args.log_level)
+    return int(args.func(args))

@@ -1,0 +1,277 @@
+"""``yieldio serve``: the echo server on every listener, in this process or in ``--workers`` processes.
+
+Everything that can be refused is checked before anything is served: the flags and
+variables, then the listeners (all opened or none), the certificate, the metrics library.
+A refusal is one line on stderr and exit status 1 (2 for a usage error), nothing left
+listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..compiled import ECHO_LOOP
+from ..core.runner import run
+from ..io.urls import BadListenURL, ListenURL, parse_listen_list, parse_listen_url
+from ..observe.metrics import MetricsUnavailable, make_registry, prometheus
+from ..observe.metrics import make_handler as make_metrics_handler
+from ..servers.echo import DEFAULT_MAX_LINE, make_echo_handler
+from ..servers.listeners import (
+    EchoOptions,
+    Listener,
+    SetupError,
+    close_all,
+    load_tls_context,
+    open_listeners,
+    serve_all,
+)
+from ..servers.proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
+from ..servers.stream import ServerOptions
+from ..servers.workers import supervise
+from .flags import FromEnvironment, add_log_level, announce, count, listen_port, listen_url, seconds
+
+log = logging.getLogger("yieldio")
+
+
+def add_parser(commands: Any) -> FromEnvironment:
+    """``serve`` and its flags, each of which a ``YIELDIO_*`` variable can also set."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the echo server",
+        description="Run the echo server: every message received is answered with PREFIX + message. "
+        "Every flag can also be set by the environment variable named in its help; a flag given here wins.",
+    )
+    env = FromEnvironment()
+    serve.add_argument(
+        "--listen",
+        action="append",
+        type=listen_url,
+        metavar="URL",
+        help="a listener: tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT or unix:PATH; repeat for several "
+        "(an empty HOST is every address, IPv6 in brackets; default: the --host/--port TCP listener) "
+        "[env YIELDIO_LISTEN, comma-separated]",
+    )
+    env.add(
+        serve,
+        "--host",
+        "YIELDIO_HOST",
+        "127.0.0.1",
+        help="address to listen on; '' or 0.0.0.0 for all IPv4, :: for all IPv6",
+    )
+    env.add(serve, "--port", "YIELDIO_PORT", 25000, type=listen_port, help="TCP port; 0 picks a free one")
+    env.add(serve, "--tls-cert", "YIELDIO_TLS_CERT", None, metavar="FILE", help="certificate chain for tls:// (PEM)")
+    env.add(serve, "--tls-key", "YIELDIO_TLS_KEY", None, metavar="FILE", help="its private key (PEM)")
+    env.add(
+        serve,
+        "--proxy-protocol",
+        "YIELDIO_PROXY_PROTOCOL",
+        False,
+        action="store_true",
+        help="expect a PROXY protocol header (v1 or v2) first on each TCP, TLS and Unix connection, "
+        "as a load balancer sends it; the original client's address is logged",
+    )
+    env.add(
+        serve,
+        "--proxy-timeout",
+        "YIELDIO_PROXY_TIMEOUT",
+        PROXY_HEADER_TIMEOUT,
+        type=seconds,
+        metavar="SECONDS",
+        help="with --proxy-protocol, close a connection whose header has not arrived within this long",
+    )
+    env.add(
+        serve,
+        "--metrics",
+        "YIELDIO_METRICS",
+        None,
+        type=_metrics_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs yieldio[metrics])",
+    )
+    env.add(
+        serve, "--prefix", "YIELDIO_PREFIX", "GOT:", help="bytes put before each reply; '' gives a plain RFC 862 echo"
+    )
+    env.add(
+        serve,
+        "--framing",
+        "YIELDIO_FRAMING",
+        "chunk",
+        choices=("chunk", "line"),
+        help="answer each chunk received, or each line",
+    )
+    env.add(
+        serve,
+        "--max-line",
+        "YIELDIO_MAX_LINE",
+        DEFAULT_MAX_LINE,
+        type=count,
+        metavar="BYTES",
+        help="with --framing line, answer longer lines in pieces of this size",
+    )
+    env.add(
+        serve,
+        "--max-clients",
+        "YIELDIO_MAX_CLIENTS",
+        None,
+        type=count,
+        metavar="N",
+        help="stop accepting while N connections are open (default: no limit)",
+    )
+    env.add(
+        serve,
+        "--idle-timeout",
+        "YIELDIO_IDLE_TIMEOUT",
+        None,
+        type=seconds,
+        metavar="SECONDS",
+        help="close a connection that has sent nothing for this long "
+        "(default: never; 300 is sensible on the open internet)",
+    )
+    env.add(
+        serve,
+        "--workers",
+        "YIELDIO_WORKERS",
+        1,
+        type=count,
+        metavar="N",
+        help="run N processes sharing the port with SO_REUSEPORT (Linux); the parent restarts any that dies",
+    )
+    env.add(serve, "--backlog", "YIELDIO_BACKLOG", 1024, type=count, metavar="N", help="listen backlog")
+    env.add(
+        serve,
+        "--trace",
+        "YIELDIO_TRACE",
+        False,
+        action="store_true",
+        help="print every scheduling event to stderr",
+    )
+    add_log_level(serve, env, "info")
+    serve.set_defaults(func=serve_command, resolve=resolve_listen_urls)
+    return env
+
+
+def resolve_listen_urls(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: dict[str, str]) -> None:
+    """``args.listen_urls``: --listen URLs (or YIELDIO_LISTEN's), else the --host/--port TCP listener."""
+    if args.listen:
+        args.listen_urls = list(args.listen)
+    elif environ.get("YIELDIO_LISTEN", "").strip():
+        try:
+            args.listen_urls = parse_listen_list(environ["YIELDIO_LISTEN"])
+        except BadListenURL as error:
+            parser.error(f"YIELDIO_LISTEN: {error}")
+    else:
+        args.listen_urls = [ListenURL("tcp", host=args.host, port=args.port)]
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    """--metrics HOST:PORT (an empty host is every address; IPv6 in brackets)."""
+    try:
+        url = parse_listen_url(f"tcp://{text}")
+    except BadListenURL:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (':9090' for every address), not {text!r}") from None
+    return url.host, url.port
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``yieldio serve``; returns the exit status."""
+    urls: list[ListenURL] = args.listen_urls
+    reuse_port = args.workers > 1
+    try:
+        tls = _tls_context(args, urls)
+        if args.metrics is not None:
+            prometheus()  # the optional extra is there, or one line now, before anything listens
+            if reuse_port:
+                raise SetupError("--metrics with --workers is not supported: each worker counts only its own traffic")
+        listeners = open_listeners(urls, backlog=args.backlog, reuse_port=reuse_port)
+    except (SetupError, MetricsUnavailable) as error:
+        print(f"yieldio: {error}", file=sys.stderr)
+        return 1
+    metrics: list[Listener] = []
+    if args.metrics is not None:
+        try:
+            metrics = open_listeners([ListenURL("tcp", *args.metrics)], backlog=args.backlog)
+        except SetupError as error:
+            close_all(listeners)
+            print(f"yieldio: metrics: {error}", file=sys.stderr)
+            return 1
+    _raise_descriptor_limit()
+    prefix = os.fsencode(args.prefix)  # the bytes given, even those that are not UTF-8
+    options = EchoOptions(
+        handler=make_echo_handler(prefix, args.framing, args.max_line),
+        prefix=prefix,
+        server=ServerOptions(
+            max_clients=args.max_clients,
+            idle_timeout=args.idle_timeout,
+            ssl=tls,
+            proxy_protocol=args.proxy_protocol,
+            proxy_timeout=args.proxy_timeout,
+        ),
+    )
+    labels = [(listener.label, listener.url.is_stream) for listener in listeners + metrics]
+
+    def say_where() -> None:
+        announce.info("echo loop: %s", ECHO_LOOP)
+        for label, is_stream in labels[: len(listeners)]:
+            proxied = ", PROXY protocol" if args.proxy_protocol and is_stream else ""
+            announce.info("listening on %s (echo, framing=%s, prefix=%r%s)", label, args.framing, prefix, proxied)
+        for label, _ in labels[len(listeners) :]:
+            announce.info("metrics on http://%s/metrics", label)
+
+    def serve_here(listeners: list[Listener]) -> int:
+        async def echo_server() -> None:
+            endpoint = None
+            if metrics:
+                registry = make_registry([(listener.label, listener.stats) for listener in listeners])
+                endpoint = (metrics[0], make_metrics_handler(registry))
+            await serve_all(listeners, options, endpoint)
+
+        run(echo_server, trace=args.trace)
+        log.info("stopped")
+        return 0
+
+    if not reuse_port:
+        say_where()
+        return serve_here(listeners)
+
+    # Each worker opens TCP, TLS and UDP sockets of its own on the ports the check above got
+    # (SO_REUSEPORT: the kernel balances between them); a Unix socket is shared, opened once.
+    shared = [listener for listener in listeners if listener.url.kind == "unix"]
+    ports = [listener.url for listener in listeners if listener.url.kind != "unix"]
+    close_all([listener for listener in listeners if listener.url.kind != "unix"])
+
+    def worker(ready: Callable[[], None]) -> int:
+        opened = shared + open_listeners(ports, backlog=args.backlog, reuse_port=True)
+        ready()
+        return serve_here(opened)
+
+    try:
+        return supervise(args.workers, worker, on_ready=say_where)  # said once every worker listens
+    finally:
+        close_all(shared)
+
+
+def _tls_context(args: argparse.Namespace, urls: list[ListenURL]) -> ssl.SSLContext | None:
+    if not any(url.kind == "tls" for url in urls):
+        if args.tls_cert or args.tls_key:
+            log.warning("--tls-cert and --tls-key are for tls:// listeners; there is none")
+        return None
+    if not args.tls_cert or not args.tls_key:
+        raise SetupError("a tls:// listener needs --tls-cert FILE and --tls-key FILE")
+    return load_tls_context(args.tls_cert, args.tls_key)
+
+
+def _raise_descriptor_limit() -> None:
+    """One descriptor per client: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.debug("could not raise the descriptor limit from %d", soft)
