@@ -14,6 +14,7 @@ checked: run it on two checkouts and compare.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any
@@ -69,10 +70,8 @@ def measure(rounds: int) -> float:
     for client in clients:
         kernel.spawn(echo_handler(client, None, prefix=b""))
     start = time.process_time()
-    try:
+    with contextlib.suppress(_Done):
         kernel.run()
-    except _Done:
-        pass
     elapsed = time.process_time() - start
     if any(client.bytes_in == 0 for client in clients):  # a handler that crashed at once measures nothing
         raise SystemExit("the echo handler did not echo: the fake client no longer fits it")

@@ -22,6 +22,7 @@ Run it with the benchmark venv's python (see benchmarks/README.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -372,11 +373,9 @@ def wait_accepting(
         try:
             with socket.create_connection((host, port), timeout=0.5) as sock:
                 if tls is not None:
-                    with tls.wrap_socket(sock) as secure:
-                        try:
-                            secure.unwrap()
-                        except OSError:  # it did handshake, so it serves; how it closes is not the question
-                            pass
+                    # it did handshake, so it serves; how it closes is not the question
+                    with tls.wrap_socket(sock) as secure, contextlib.suppress(OSError):
+                        secure.unwrap()
                 return True
         except OSError:
             time.sleep(0.05)
@@ -415,10 +414,8 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return children
     for thread in threads:
-        try:
+        with contextlib.suppress(OSError):
             children += [int(child) for child in Path(f"/proc/{pid}/task/{thread}/children").read_text().split()]
-        except OSError:
-            pass
     return children
 
 

@@ -17,6 +17,7 @@ Measured figures (the fault tests') go to stdout (``pytest -s``) and are merged 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -33,7 +34,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -198,10 +199,8 @@ class ChildProcess:
                 children = []
             self.proc.kill()  # first: a supervisor killed first can't start a replacement for a child killed below
             for child in children:
-                try:
+                with contextlib.suppress(psutil.Error):
                     child.kill()  # psutil checks the PID still names that process
-                except psutil.Error:
-                    pass
         self.proc.wait(10)
         self._reader.join(10)
         if self.proc.stdout is not None and not self._reader.is_alive():
@@ -500,10 +499,8 @@ def exchange(sock: socket.socket, payload: bytes, timeout: float = 30.0) -> byte
             assert left > 0, f"exchange timed out: sent {sent}/{len(payload)}, received {len(received)}"
             for _, events in sel.select(left):
                 if events & selectors.EVENT_WRITE and sent < len(view):
-                    try:
+                    with suppress(BlockingIOError):
                         sent += sock.send(view[sent : sent + 256 * 1024])
-                    except BlockingIOError:
-                        pass
                 if events & selectors.EVENT_READ:
                     try:
                         chunk = sock.recv(MiB)

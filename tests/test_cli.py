@@ -88,8 +88,7 @@ def test_ipv6_server(serve_process: ProcessServers) -> None:
 def _many_clients(address: tuple[str, int], count: int) -> int:
     clients = []
     try:
-        for _ in range(count):
-            clients.append(socket.create_connection(address, timeout=20))
+        clients.extend(socket.create_connection(address, timeout=20) for _ in range(count))
         for i, c in enumerate(clients):
             c.sendall(b"client-%05d" % i)
         ok = 0

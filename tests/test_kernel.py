@@ -81,7 +81,7 @@ def test_sleep_accuracy_and_ordering_by_deadline() -> None:
 
     yieldio.run(main)
     assert [name for name, _ in woke] == ["fast", "mid", "slow"]
-    for (name, elapsed), wanted in zip(woke, (0.03, 0.06, 0.12)):
+    for (name, elapsed), wanted in zip(woke, (0.03, 0.06, 0.12), strict=True):
         assert wanted <= elapsed < wanted + 0.1, (name, elapsed)
 
 

@@ -8,6 +8,7 @@ next waiter, or back, and nothing may be lost.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Generator
 from typing import Any
@@ -285,7 +286,7 @@ def test_lock_in_generator_tasks() -> None:
         lock = Lock()
         workers = []
         for n in range(3):
-            workers.append((yield from spawn(worker(lock, n))))
+            workers.append((yield from spawn(worker(lock, n))))  # noqa: PERF401 - a comprehension cannot yield
         for task in workers:
             yield from task.join()
 
@@ -388,7 +389,7 @@ def test_semaphore_in_generator_tasks() -> None:
         sem, log = Semaphore(1), []
         tasks = []
         for n in range(3):
-            tasks.append((yield from spawn(worker(sem, log, n))))
+            tasks.append((yield from spawn(worker(sem, log, n))))  # noqa: PERF401 - a comprehension cannot yield
         for task in tasks:
             yield from task.join()
         return log
@@ -888,10 +889,8 @@ def test_queue_random_puts_gets_and_cancels_keep_every_item_once_in_order(
                 except QueueFull:
                     refused.append(counter)
             elif op[0] == "get_nowait":
-                try:
+                with contextlib.suppress(QueueEmpty):
                     got.append(q.get_nowait())
-                except QueueEmpty:
-                    pass
             elif op[0] == "step":
                 await sleep(0)
             elif op[0] == "settle":

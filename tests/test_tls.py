@@ -367,9 +367,9 @@ def test_tls_below_1_2_is_refused(
     assert agreed == "TLSv1.1"
 
     # yieldio refuses contexts that allow it...
-    with pytest.raises(ValueError, match="TLS 1.2 or newer"):
+    with pytest.raises(ValueError, match=r"TLS 1\.2 or newer"):
         yieldio.run(open_connection("127.0.0.1", 1, ssl=old_client))
-    with yieldio.tcp_listen(("127.0.0.1", 0)) as listener, pytest.raises(ValueError, match="TLS 1.2 or newer"):
+    with yieldio.tcp_listen(("127.0.0.1", 0)) as listener, pytest.raises(ValueError, match=r"TLS 1\.2 or newer"):
         yieldio.run(yieldio.serve(listener, echo, yieldio.ServerOptions(ssl=old_server)))
 
     # ...and its server refuses a client that offers nothing newer (Python's ssl module as that client).

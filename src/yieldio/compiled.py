@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Callable
 
-EchoStep = Callable[[int, memoryview, int], int | None | tuple[int, int]]
+EchoStep = Callable[[int, memoryview, int], int | tuple[int, int] | None]
 
 echo_step: EchoStep | None = None
 if os.environ.get("YIELDIO_PURE") != "1":

@@ -37,7 +37,7 @@ def test_peer_reset_mid_message(serve_process: ProcessServers) -> None:
     bystander.check()
     ports = []
     # 1. reset while the server is reading: half a message, then RST
-    for i in range(20):
+    for _ in range(20):
         sock = connect(server.address)
         sock.sendall(os.urandom(random.randint(1, 200_000)))
         ports.append(sock.getsockname()[1])

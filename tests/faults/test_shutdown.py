@@ -7,6 +7,7 @@ bound of what the server had received when the signal was sent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import selectors
@@ -80,10 +81,8 @@ class Streamer(threading.Thread):
                 while time.monotonic() < end:
                     for _, events in sel.select(1):
                         if events & selectors.EVENT_WRITE:
-                            try:
+                            with contextlib.suppress(BlockingIOError):
                                 self.sent += sock.send(view[self.sent : self.sent + 16384])
-                            except BlockingIOError:
-                                pass
                             if self.sent == len(view):
                                 sel.modify(sock, selectors.EVENT_READ)
                         if events & selectors.EVENT_READ:
@@ -113,7 +112,7 @@ def test_sigterm_under_load_echoes_in_flight_requests_and_exits_0(serve_process:
         s.start()
     # request/response clients, each with its last request in flight when the signal comes
     flows: list[Flow] = []
-    for i in range(12):
+    for _ in range(12):
         sock = connect(server.address)
         for _ in range(5):
             message = os.urandom(random.randint(1, 8192))
@@ -173,7 +172,7 @@ def test_sigterm_echoes_everything_received_to_clients_that_read_a_moment_later(
     server = serve_process("--prefix", "")
     payload = os.urandom(48 * MiB)
     flows = []
-    for i in range(4):
+    for _i in range(4):
         sock = connect(server.address)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
         sent = send_until_stalled(sock, payload)  # every buffer between us and the server is full

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
@@ -180,10 +181,8 @@ def test_client_that_never_reads_gets_backpressure_not_server_memory(serve_proce
             assert time.monotonic() < deadline, f"sent {sent}, received {len(received)}"
             for _, events in sel.select(5):
                 if events & selectors.EVENT_WRITE:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         sent += flooder.send(view[sent : sent + MiB])
-                    except BlockingIOError:
-                        pass
                     if sent == FLOOD:
                         flooder.shutdown(socket.SHUT_WR)
                         sel.modify(flooder, selectors.EVENT_READ)

@@ -129,4 +129,6 @@ def task_table(kernel: Kernel) -> str:
             (str(task.id), task.name, describe(kernel, task), f"{now - task.created:.1f}s", peer, bytes_in, bytes_out)
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )

@@ -47,6 +47,7 @@ describe a task's state live with the task table in
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -280,10 +281,8 @@ class Kernel:
     def forget_fd(self, fd: int) -> None:
         """The descriptor is being closed: drop its registration and wake whoever waits on it."""
         if self._masks.pop(fd, 0):
-            try:
+            with contextlib.suppress(OSError):
                 self._poller.unregister(fd)
-            except OSError:
-                pass
         self._owners.pop(fd, None)
         for waiting in (self._readers, self._writers):
             task = waiting.pop(fd, None)
@@ -484,10 +483,8 @@ class Kernel:
             # A new object on this number: whatever was registered belonged to a
             # socket closed behind our back (the kernel lost it when it closed).
             if self._masks.pop(fd, 0):
-                try:
+                with contextlib.suppress(OSError):
                     self._poller.unregister(fd)
-                except OSError:
-                    pass
             self._owners[fd] = fileobj
         return fd
 

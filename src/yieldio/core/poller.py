@@ -17,6 +17,7 @@ decides when interest is added or dropped.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import selectors
 import socket
@@ -96,10 +97,8 @@ class Waker:
 
     def wake(self) -> None:
         """Safe from any thread. A full buffer means a wake-up is pending already."""
-        try:
+        with contextlib.suppress(OSError):  # BlockingIOError included
             self._write.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass
 
     def drain(self) -> None:
         try:

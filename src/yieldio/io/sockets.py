@@ -79,6 +79,7 @@ caller's own task, with no extra task at all.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -436,10 +437,10 @@ class Socket:
         if self._sock.fileno() >= 0:
             _forget(self.fileno())
             if self._tls is not None:
-                try:
-                    self._tls.unwrap()  # sends close_notify; never waits on a non-blocking socket
-                except (OSError, ValueError):
-                    pass  # it could not be sent, or the peer's is still to come: neither is worth waiting for
+                # sends close_notify, never waiting on a non-blocking socket; if it could not be sent, or the
+                # peer's is still to come, neither is worth waiting for
+                with contextlib.suppress(OSError, ValueError):
+                    self._tls.unwrap()
         self._sock.close()
 
     async def __aenter__(self) -> Self:
@@ -483,10 +484,8 @@ def run_in_thread(function: Callable[..., T], *args: Any) -> Waits[T]:
             outcome.append((True, function(*args)))
         except BaseException as error:  # noqa: BLE001 - raised again in the waiting task
             outcome.append((False, error))
-        try:
+        with contextlib.suppress(OSError):  # the waiting task was cancelled and closed its end
             done_write.send(b"!")
-        except OSError:
-            pass  # the waiting task was cancelled and closed its end
         done_write.close()
 
     done_read.setblocking(False)

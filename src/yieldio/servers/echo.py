@@ -31,6 +31,7 @@ within a time limit, before the connection closes.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 import types
@@ -299,10 +300,8 @@ def _drain(client: Socket, framer: Framer, unsent: Any) -> Generator[Any, Any, N
     if not reply:
         return  # nothing owed: close at once
     flush = client.sendall(reply) if client.is_tls else _flush_and_linger(client, reply)
-    try:
+    with contextlib.suppress(TaskTimeout, OSError):
         yield from timeout_after(DRAIN_SECONDS, flush)
-    except (TaskTimeout, OSError):
-        pass
 
 
 @types.coroutine

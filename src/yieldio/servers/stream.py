@@ -43,6 +43,7 @@ adds is here, around that loop, never inside a connection's per-message path:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -385,10 +386,8 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
 def _until_a_connection_ends(connections: _Connections, seconds: float) -> Generator[Any, Any, None]:
     """Out of descriptors: wait until one of this server's connections closes (its descriptor is
     free again: try at once), or ``seconds`` pass (something else may have freed one)."""
-    try:
+    with contextlib.suppress(TaskTimeout):
         yield from timeout_after(seconds, traps.park(connections.slot_waiters))
-    except TaskTimeout:
-        pass
 
 
 @types.coroutine
