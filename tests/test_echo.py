@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import yieldio
+import yieldio.servers.echo
 from yieldio import ChunkFramer, Event, LineFramer, Socket, Task, open_connection, run_in_thread, spawn, timeout_after
 from yieldio.compiled import echo_step as compiled_echo_step
 from yieldio.core.hooks import Instrument
@@ -233,6 +234,65 @@ def test_tls_echo_cancelled_mid_write_sends_the_rest_once_then_close_notify(
     echoed = yieldio.run(main)
     assert len(echoed) > 64 * 1024
     assert echoed == upload[: len(echoed)]  # nothing lost between the half-done write and the drain, nothing twice
+
+
+class CancelMidReply(Instrument):
+    """Cancels the echo's task (as a shutdown does) the moment it parks for writability a second time
+    without reading in between: part of one reply's rest has gone out since its first wait."""
+
+    def __init__(self, handler_name: str) -> None:
+        self.handler_name = handler_name
+        self.cancelled = False
+        self.waits = 0
+
+    def task_yielded(self, task: Task, trap: Any) -> None:
+        if self.cancelled or not task.name.endswith(self.handler_name) or type(trap) is not tuple:
+            return
+        self.waits = self.waits + 1 if trap[0] == "send" else 0
+        if self.waits == 2:
+            self.cancelled = yieldio.current_kernel().cancel_nowait(task)
+
+
+@pytest.mark.parametrize("loop", ["pure", "compiled"])
+def test_plain_echo_cancelled_mid_write_sends_the_rest_once(monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
+    """Cancelled after part of a reply's rest went out (``Socket.send_rest`` counts it in ``bytes_out``),
+    the drain sends exactly what is left of it: not the whole rest again, not less."""
+    if loop == "compiled" and compiled_echo_step is None:
+        pytest.skip("the compiled build is not installed")
+    if loop == "pure":
+        monkeypatch.setattr(yieldio.servers.echo, "compiled_echo_step", None)
+    upload = os.urandom(16 * 1024 * 1024)
+    canceller = CancelMidReply("small_send_buffer")
+    echo = yieldio.make_echo_handler(prefix=b"")
+
+    def small_send_buffer(client: Socket, address: Any) -> Any:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)  # a 256 KiB reply goes in pieces
+        return echo(client, address)
+
+    async def send_all(sock: Socket) -> None:
+        with contextlib.suppress(OSError):  # the server half-closes and discards while we still send
+            await sock.sendall(upload)
+
+    async def main() -> bytes:
+        yieldio.current_kernel().add_instrument(canceller)
+        with yieldio.tcp_listen(("127.0.0.1", 0)) as listener:
+            server = await spawn(yieldio.serve(listener, small_send_buffer))
+            async with await open_connection("127.0.0.1", listener.getsockname()[1]) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+                sender = await spawn(send_all(sock))
+                echoed = bytearray()
+                async with timeout_after(20):
+                    while data := await sock.recv(4096):  # slowly, until the server's half-close after the drain
+                        echoed += data
+                        await yieldio.sleep(0)
+                await sender.cancel()
+            await server.cancel()
+            return bytes(echoed)
+
+    echoed = yieldio.run(main)
+    assert canceller.cancelled
+    assert len(echoed) > 64 * 1024
+    assert echoed == upload[: len(echoed)]  # nothing lost between the half-sent reply and the drain, nothing twice
 
 
 def test_tls_echo_ends_quietly_when_a_peer_leaves_without_close_notify(

@@ -10,7 +10,7 @@ Each method is a generator marked with :func:`types.coroutine`, so the same
 object works with ``await sock.recv(n)`` and ``yield from sock.recv(n)``.
 The read wait's trap tuple is built once per socket and yielded as it is:
 the common wait costs no allocation. The write wait's is built each time it
-is needed (a 2-tuple, some 20 ns): a socket rarely waits to write, and a
+is needed (a 2-tuple): a socket rarely waits to write, and a
 tuple kept for it would cost every idle connection 64 bytes.
 
 Closing goes through :meth:`Socket.close`, which tells the running kernel
@@ -43,7 +43,7 @@ optimistically. What changes is what "would block" means, in three ways:
   of its data or none.
 
 A plain socket pays for none of this but one attribute test in
-``wait_readable`` (some 30 ns): an ``except`` clause is free until an
+``wait_readable``: an ``except`` clause is free until an
 exception is raised (Python 3.11's zero-cost ``try``), and ``BlockingIOError``
 is matched first.
 
@@ -82,13 +82,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import socket
 import threading
 import types
 from collections.abc import Callable, Generator, Sequence
 from ssl import SSLContext, SSLSocket, SSLWantReadError, SSLWantWriteError, TLSVersion, create_default_context
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, cast
 
 from ..core import traps
 from ..core.kernel import Cancelled, Kernel, Task, current_kernel, running_kernel
@@ -98,6 +99,7 @@ T = TypeVar("T")
 Waits = Generator[Any, Any, T]
 AddressInfo: TypeAlias = tuple[int, int, int, str, Any]  # as socket.getaddrinfo returns them
 
+log = logging.getLogger("yieldio")
 HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS handshake may take
 HAPPY_EYEBALLS_DELAY = 0.25  # seconds between connection attempts (RFC 8305's recommended value)
 
@@ -282,15 +284,21 @@ class Socket:
         except (BlockingIOError, SSLWantWriteError):
             sent = 0
         except SSLWantReadError:  # TLS: a record must come in before this one can go out
-            yield from self._send_rest(memoryview(data).cast("B"), self.readable)
+            yield from self.send_rest(memoryview(data).cast("B"), self.readable)
             return
         self.bytes_out += sent
         if sent == (data.nbytes if type(data) is memoryview else len(data)):
             return
-        yield from self._send_rest(memoryview(data).cast("B")[sent:], self.writable)
+        yield from self.send_rest(memoryview(data).cast("B")[sent:])
 
-    def _send_rest(self, view: memoryview, wait: tuple[str, int]) -> Waits[None]:
-        """sendall's slow path: wait (for what the last attempt asked), send, until ``view`` is gone."""
+    @types.coroutine
+    def send_rest(self, view: memoryview, wait: tuple[str, int] | None = None) -> Waits[None]:
+        """The slow path of every send-it-all: wait (writable, or what the last attempt asked), send,
+        until ``view`` is gone. ``bytes_out`` counts each piece as it goes, so a caller cancelled
+        meanwhile can tell how much of ``view`` left: ``bytes_out`` minus its value before the call.
+        """
+        if wait is None:
+            wait = self.writable
         while view:
             yield wait
             try:
@@ -456,6 +464,37 @@ class Socket:
         self.close()
 
 
+class TLSRecords(Protocol):
+    """OpenSSL's record layer as a TLS connection's owner calls it per message."""
+
+    def pending(self) -> int: ...
+    def read(self, size: int, buffer: memoryview, /) -> int: ...
+    def write(self, data: Any, /) -> int: ...
+
+
+_records_fallback_said = False
+
+
+def tls_records(sock: SSLSocket) -> TLSRecords:
+    """The C object inside ``sock`` (``SSLSocket._sslobj``, the ssl module's own private attribute,
+    the same since Python 3.7), whose ``pending``, ``read`` and ``write`` are the SSLSocket's
+    methods of those names without their Python-level checks for a closed socket: for the one
+    task that owns a connection and calls them per message, those checks are pure cost.
+
+    Should a Python rename or drop it, the SSLSocket itself serves (same methods, same results,
+    a little slower), and a warning says so once; tests/test_tls.py fails on such a Python, so
+    the change cannot go unnoticed.
+    """
+    records = getattr(sock, "_sslobj", None)
+    if records is not None:
+        return cast(TLSRecords, records)
+    global _records_fallback_said
+    if not _records_fallback_said:
+        _records_fallback_said = True
+        log.warning("ssl.SSLSocket has no _sslobj on this Python: TLS echo uses the slower public methods")
+    return cast(TLSRecords, sock)
+
+
 def _delegate(name: str) -> property:
     def get(self: Socket) -> Any:
         return getattr(self._sock, name)
@@ -467,7 +506,7 @@ def _delegate(name: str) -> property:
 # passes through to the wrapped one (``getsockname()``, ``setsockopt()``, ``family``, ``cipher()``...).
 # Each is a property made here rather than a ``__getattr__``: a class with ``__getattr__`` makes
 # CPython 3.11 slower at *every* attribute of its instances, ``client.bytes_in += n`` on the echo's
-# per-message path included (measured: 76 ns with it, 27 ns without).
+# per-message path included (benchmarks/micro.py measures attribute access).
 for _name in sorted((set(dir(socket.socket)) | set(dir(SSLSocket))) - set(dir(Socket))):
     if not _name.startswith("_"):
         setattr(Socket, _name, _delegate(_name))

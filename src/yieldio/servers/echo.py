@@ -42,7 +42,7 @@ from ..compiled import EchoStep
 from ..compiled import echo_step as compiled_echo_step
 from ..core.kernel import Cancelled
 from ..core.scopes import TaskTimeout, timeout_after
-from ..io.sockets import Socket
+from ..io.sockets import Socket, tls_records
 
 DEFAULT_PREFIX = b"GOT:"
 DEFAULT_MAX_LINE = 64 * 1024
@@ -181,7 +181,8 @@ def _echo_plain(client: Socket, framer: Framer | None, prefix: bytes) -> Generat
     sock = client.socket
     readable = client.readable
     reply: Any = None
-    unsent: Any = b""  # the part of the current reply not yet sent (our own copy)
+    unsent: Any = b""  # the part of the current reply the socket did not take at once (our own copy)
+    before = 0  # client.bytes_out when that part began to go out
     try:
         # The per-message loop: wait, read, answer. Dense on purpose; see the module doc.
         # Chunk framing reads right behind the prefix in the buffer and sends both
@@ -208,22 +209,17 @@ def _echo_plain(client: Socket, framer: Framer | None, prefix: bytes) -> Generat
                 continue
             unsent = memoryview(bytes(reply[sent:]))  # the buffer is shared: keep the rest before waiting
             reply = None
-            while unsent:
-                yield client.writable  # rare, so not kept in a local: the tuple is made when asked for
-                try:
-                    sent = sock.send(unsent)
-                except BlockingIOError:
-                    continue
-                client.bytes_out += sent
-                unsent = unsent[sent:]
+            before = client.bytes_out
+            yield from client.send_rest(unsent)
             unsent = b""
         unsent = b"" if framer is None else framer.close()
         if unsent:
+            before = client.bytes_out
             yield from client.sendall(unsent)
     except ConnectionError:
         pass  # the peer reset or vanished: nobody is left to answer
     except Cancelled:
-        yield from _drain(client, framer or ChunkFramer(prefix), unsent)
+        yield from _drain(client, framer or ChunkFramer(prefix), unsent[client.bytes_out - before :])
         raise
 
 
@@ -242,6 +238,7 @@ def _echo_compiled(client: Socket, prefix: bytes, step: EchoStep) -> Generator[A
     fd = client.fileno()
     readable = client.readable
     unsent: Any = b""
+    before = 0
     try:
         while True:
             yield readable
@@ -258,19 +255,13 @@ def _echo_compiled(client: Socket, prefix: bytes, step: EchoStep) -> Generator[A
             client.bytes_in += received
             client.bytes_out += sent
             unsent = memoryview(bytes(whole[sent : head + received]))  # the buffer is shared: keep the rest
-            while unsent:
-                yield client.writable
-                try:
-                    sent = client.socket.send(unsent)
-                except BlockingIOError:
-                    continue
-                client.bytes_out += sent
-                unsent = unsent[sent:]
+            before = client.bytes_out
+            yield from client.send_rest(unsent)
             unsent = b""
     except ConnectionError:
         pass  # the peer reset or vanished: nobody is left to answer
     except Cancelled:
-        yield from _drain(client, ChunkFramer(prefix), unsent)
+        yield from _drain(client, ChunkFramer(prefix), unsent[client.bytes_out - before :])
         raise
 
 
@@ -312,14 +303,6 @@ def _flush_and_linger(client: Socket, reply: bytes) -> Generator[Any, Any, None]
         pass
 
 
-class _Records(Protocol):
-    """What the TLS echo calls per message: an SSLSocket's C object, or the SSLSocket itself."""
-
-    def pending(self) -> int: ...
-    def read(self, size: int, buffer: memoryview, /) -> int: ...
-    def write(self, data: Bytes, /) -> int: ...
-
-
 @types.coroutine
 def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator[Any, Any, None]:
     """The echo over TLS: the plain loop's shape, with OpenSSL's rules for when to wait.
@@ -335,21 +318,17 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
     requires. When cancelled, it answers what OpenSSL and the kernel already hold, then the
     caller's close sends close_notify.
 
-    Per message it calls OpenSSL's record layer directly: ``pending``, ``read`` and ``write``
-    of the C object inside :class:`ssl.SSLSocket` (its ``_sslobj``, the same since Python
-    3.7). The SSLSocket's methods of the same names only add Python-level checks for a
-    closed socket, which this task, the socket's only user, never needs: skipping them saved
-    1.8 of 10.2 µs per message in the TLS benchmark (8.40 against 10.19, side by side). Where
-    that object is missing, the SSLSocket's own ``pending``, ``read`` and ``write`` serve. (The
-    C object reports a peer that left without close_notify as :class:`ssl.SSLEOFError` where
-    the SSLSocket would read end of file; either way the connection is over, as OpenSSL 3
-    will not write after it.)
+    Per message it calls OpenSSL's record layer directly (:func:`yieldio.io.sockets.tls_records`),
+    without the SSLSocket's Python-level checks for a closed socket, which this task, the
+    socket's only user, never needs. (That layer reports a peer that left without close_notify
+    as :class:`ssl.SSLEOFError` where the SSLSocket would read end of file; either way the
+    connection is over, as OpenSSL 3 will not write after it.)
     """
     feed = None if framer is None else framer.feed
     head = len(prefix) if feed is None else 0
     whole, into = _scratch_buffer(prefix if feed is None else b"")
     tls = cast(ssl.SSLSocket, client.socket)  # is_tls: the socket is wrapped
-    records = cast(_Records, getattr(tls, "_sslobj", None) or tls)
+    records = tls_records(tls)
     readable = client.readable
     reply: Any = None
     unsent: Any = b""
