@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 import struct
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import yieldio
 from yieldio import Socket, TaskGroup, open_connection, run_in_thread, sleep, spawn
 from yieldio.core.instrument import describe
+from yieldio.io.sockets import tls_records
 
 from .harness import MiB, refused_port
 
@@ -184,3 +186,34 @@ def test_other_attributes_pass_through() -> None:
         assert sock.gettimeout() == 0.0
     finally:
         sock.close()
+
+
+def test_tls_records_is_the_ssl_modules_c_object(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The TLS echo calls OpenSSL's record layer through ``SSLSocket._sslobj``, a private attribute of
+    the ssl module. Should a Python rename or drop it, the echo would quietly fall back to the slower
+    public methods: this test is what makes that loud."""
+
+    async def main() -> tuple[object, object, bytes]:
+        with _listener() as listener:
+            port = listener.getsockname()[1]
+            client = await spawn(open_connection("127.0.0.1", port, ssl=client_context, server_hostname="localhost"))
+            server_side, _ = await listener.accept()
+            with server_side:
+                await server_side.start_tls(server_context, server_side=True)
+                async with await client.join() as peer:
+                    tls = server_side.socket
+                    assert isinstance(tls, ssl.SSLSocket)
+                    records = tls_records(tls)
+                    await peer.sendall(b"ping")
+                    await server_side.wait_readable()
+                    into = memoryview(bytearray(16))
+                    received = records.read(16, into)
+                    return records, tls, bytes(into[:received])
+
+    records, tls, received = yieldio.run(main)
+    assert type(records) is ssl._ssl._SSLSocket  # type: ignore[attr-defined]
+    assert records is not tls
+    assert received == b"ping"
+    assert "_sslobj" not in caplog.text  # no fallback was announced
