@@ -19,6 +19,7 @@ from typing import Any
 
 from ..compiled import ECHO_LOOP
 from ..core.runner import run
+from ..io.sockets import HANDSHAKE_TIMEOUT
 from ..io.urls import BadListenURL, ListenURL, parse_listen_list, parse_listen_url
 from ..observe.metrics import MetricsUnavailable, make_registry, prometheus
 from ..observe.metrics import make_handler as make_metrics_handler
@@ -68,6 +69,15 @@ def add_parser(commands: Any) -> FromEnvironment:
     env.add(serve, "--port", "YIELDIO_PORT", 25000, type=listen_port, help="TCP port; 0 picks a free one")
     env.add(serve, "--tls-cert", "YIELDIO_TLS_CERT", None, metavar="FILE", help="certificate chain for tls:// (PEM)")
     env.add(serve, "--tls-key", "YIELDIO_TLS_KEY", None, metavar="FILE", help="its private key (PEM)")
+    env.add(
+        serve,
+        "--tls-handshake-timeout",
+        "YIELDIO_TLS_HANDSHAKE_TIMEOUT",
+        HANDSHAKE_TIMEOUT,
+        type=seconds,
+        metavar="SECONDS",
+        help="on tls:// listeners, close a connection whose TLS handshake is not done within this long",
+    )
     env.add(
         serve,
         "--proxy-protocol",
@@ -210,6 +220,7 @@ def serve_command(args: argparse.Namespace) -> int:
             max_clients=args.max_clients,
             idle_timeout=args.idle_timeout,
             ssl=tls,
+            handshake_timeout=args.tls_handshake_timeout,
             proxy_protocol=args.proxy_protocol,
             proxy_timeout=args.proxy_timeout,
         ),
