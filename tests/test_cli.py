@@ -173,6 +173,33 @@ def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "flag, variable",
+    [("--proxy-timeout", "YIELDIO_PROXY_TIMEOUT"), ("--tls-handshake-timeout", "YIELDIO_TLS_HANDSHAKE_TIMEOUT")],
+)
+@pytest.mark.parametrize(
+    "value, message",
+    [("soon", "must be a number, not 'soon'"), ("0", "must be at least 0.001, not 0"), ("-5", "at least 0.001")],
+)
+def test_a_bad_timeout_from_a_flag_or_the_environment_is_one_line_and_exit_2(
+    flag: str, variable: str, value: str, message: str
+) -> None:
+    by_flag = run_cli("serve", "--port", "0", f"{flag}={value}")
+    by_variable = subprocess.run(
+        yieldio_command("serve", "--port", "0"),
+        check=False,
+        env=python_env() | {variable: value},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    for done, named in ((by_flag, f"argument {flag}: "), (by_variable, f"{variable}={value!r}: ")):
+        assert done.returncode == 2, done
+        assert done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+        assert named in done.stderr and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_help_lists_every_flag() -> None:
     result = run_cli("serve", "--help")
     assert result.returncode == 0

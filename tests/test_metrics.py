@@ -4,8 +4,10 @@ The server counts what it does anyway and the endpoint reads those counters at s
 every figure can be checked exactly against traffic the test sent itself: connections accepted and
 open, bytes in and out (line framing: each line's reply is ``GOT:`` + the line, however TCP splits
 it), datagrams and their bytes, a reply too large for UDP, a failed TLS handshake, a rejected PROXY
-header. The text is parsed by prometheus_client's own parser, as a scraper would read it, and every
-stream or datagram listener has its own ``listener`` label, the one its ``listening on`` line shows.
+header, a connection closed at a deadline that a flag or its variable set (a silent client at
+--proxy-timeout, half a ClientHello at --tls-handshake-timeout: one warning each). The text is
+parsed by prometheus_client's own parser, as a scraper would read it, and every stream or datagram
+listener has its own ``listener`` label, the one its ``listening on`` line shows.
 
 The endpoint is plain HTTP on the server's kernel: only GET (and HEAD) of /metrics is answered, and
 a scraper that connects and says nothing holds up no other scrape. A bad ``--metrics`` is refused
@@ -18,6 +20,7 @@ import http.client
 import re
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,8 @@ import trustme
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from yieldio.io.sockets import HANDSHAKE_TIMEOUT
+from yieldio.servers.proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
 from yieldio.servers.proxy_protocol import build_proxy_header
 
 from .harness import SRC, ProcessServers, ServerProcess, connect, recv_exactly, refused_port, roundtrip, serve_command
@@ -197,6 +202,105 @@ def test_a_rejected_proxy_header_is_counted(serve_process: ProcessServers) -> No
     assert samples[("yieldio_connections_accepted_total", label)] == 2
     assert samples[("yieldio_connections_open", label)] == 1
     assert samples[("yieldio_received_bytes_total", label)] == len(b"hi\n")  # the header is not the echo's
+    server.assert_healthy()
+
+
+def closed_by_server_within(sock: socket.socket, bound: float) -> float:
+    """Read until the server closes ``sock`` (EOF or a reset); the seconds that took, failing after ``bound``."""
+    sock.settimeout(bound)
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"the server had not closed the connection after {bound}s") from None
+    return time.monotonic() - started
+
+
+def warnings_about(server: ServerProcess, port: int) -> list[str]:
+    return [line for line in server.text().splitlines() if f"127.0.0.1:{port}" in line and " WARNING " in line]
+
+
+PROXY_DEADLINE = 0.5  # the deadline given by the test, far below the default 5 s (PROXY_HEADER_TIMEOUT)
+
+
+@pytest.mark.parametrize("given_by", ["flag", "environment"])
+def test_a_silent_client_is_closed_at_the_proxy_timeout_and_counted(
+    serve_process: ProcessServers, given_by: str
+) -> None:
+    timeout = ["--proxy-timeout", str(PROXY_DEADLINE)] if given_by == "flag" else []
+    env = {"YIELDIO_PROXY_TIMEOUT": str(PROXY_DEADLINE)} if given_by == "environment" else {}
+    server = serve_process.launch(
+        serve_command("--proxy-protocol", *timeout, "--listen", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0"),
+        env=env,
+    )
+    (label,) = server.wait_listeners(1)
+    metrics = int(server.wait_log(METRICS).group(1))
+    with connect(address_of(label)) as silent:  # connects, never sends a byte
+        port = silent.getsockname()[1]
+        # closed after the deadline given, not the default's 5 s (the bound below, which fails the test)
+        held = closed_by_server_within(silent, PROXY_HEADER_TIMEOUT - 1)
+    assert held >= 0.9 * PROXY_DEADLINE, f"closed after {held:.2f}s, before the deadline"
+    server.wait_log(b"connection 127.0.0.1:%d: rejected" % port)
+    (warning,) = warnings_about(server, port)  # one line, and no other about that connection:
+    assert warning.endswith(
+        f" WARNING connection 127.0.0.1:{port}: rejected: "
+        f"no complete PROXY header within {PROXY_DEADLINE:g}s (0 bytes received)"
+    ), warning
+    assert [line for line in server.text().splitlines() if f"127.0.0.1:{port}" in line] == [warning]
+    samples = scrape(metrics)
+    assert samples[("yieldio_proxy_header_rejections_total", label)] == 1
+    assert samples[("yieldio_connections_accepted_total", label)] == 1
+    assert samples[("yieldio_connections_open", label)] == 0
+    server.assert_healthy()
+
+
+def client_hello() -> bytes:
+    """The first flight of a TLS client: a whole ClientHello record, made by Python's ssl module in memory."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    assert hello[:1] == b"\x16" and len(hello) == 5 + int.from_bytes(hello[3:5], "big"), hello[:5]  # one record
+    return hello
+
+
+HANDSHAKE_DEADLINE = 1.0  # the deadline given by the test, far below the default 10 s (HANDSHAKE_TIMEOUT)
+
+
+@pytest.mark.parametrize("given_by", ["flag", "environment"])
+def test_half_a_client_hello_is_closed_at_the_handshake_timeout_and_counted(
+    serve_process: ProcessServers, tls: tuple[str, str, ssl.SSLContext], given_by: str
+) -> None:
+    cert, key, client_context = tls
+    timeout = ["--tls-handshake-timeout", str(HANDSHAKE_DEADLINE)] if given_by == "flag" else []
+    env = {"YIELDIO_TLS_HANDSHAKE_TIMEOUT": str(HANDSHAKE_DEADLINE)} if given_by == "environment" else {}
+    args = ["--listen", "tls://127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, *timeout]
+    server = serve_process.launch(serve_command(*args, "--metrics", "127.0.0.1:0"), env=env)
+    (label,) = server.wait_listeners(1)
+    metrics = int(server.wait_log(METRICS).group(1))
+    hello = client_hello()
+    with connect(address_of(label)) as stalled:
+        port = stalled.getsockname()[1]
+        stalled.sendall(hello[: len(hello) // 2])  # half the record, then silence
+        # meanwhile a whole handshake is served: the stalled one holds up nothing
+        with client_context.wrap_socket(connect(address_of(label)), server_hostname="127.0.0.1") as other:
+            roundtrip(other, b"meanwhile", b"GOT:meanwhile")
+        held = closed_by_server_within(stalled, HANDSHAKE_TIMEOUT - 2)
+    assert held >= 0.5 * HANDSHAKE_DEADLINE, f"closed after {held:.2f}s, before the deadline"
+    server.wait_log(b"connection 127.0.0.1:%d: TLS handshake failed" % port)
+    (warning,) = warnings_about(server, port)
+    assert warning.endswith(
+        f" WARNING connection 127.0.0.1:{port}: TLS handshake failed: "
+        f"TLS handshake not done after {HANDSHAKE_DEADLINE}s"
+    ), warning
+    samples = scrape(metrics)
+    assert samples[("yieldio_tls_handshake_failures_total", label)] == 1
+    assert samples[("yieldio_connections_accepted_total", label)] == 2
+    assert samples[("yieldio_connections_open", label)] == 0
     server.assert_healthy()
 
 
