@@ -21,6 +21,7 @@ import pytest
 
 import yieldio
 from yieldio import TaskTimeout, connect_staggered, open_connection, sleep, timeout_after
+from yieldio.core.hooks import Instrument
 from yieldio.io.sockets import AddressInfo, interleave_families
 
 from .harness import refused_port
@@ -174,7 +175,7 @@ def test_a_timed_out_race_closes_every_attempt(black_hole: tuple[str, int]) -> N
 def test_one_address_is_connected_in_the_callers_task(listener: socket.socket) -> None:
     spawned: list[str] = []
 
-    class SpawnWatcher:
+    class SpawnWatcher(Instrument):
         def task_spawned(self, task: yieldio.Task) -> None:
             spawned.append(task.name)
 

@@ -7,6 +7,8 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -35,7 +37,7 @@ def test_run_returns_result_and_propagates_exception(caplog: pytest.LogCaptureFi
 def test_scheduling_order_is_fifo_round_robin() -> None:
     order: list[str] = []
 
-    def worker(name: str, steps: int):  # the tutorial's style: a plain generator
+    def worker(name: str, steps: int) -> Generator[Any, Any, None]:  # the tutorial's style: a plain generator
         for i in range(steps):
             order.append(f"{name}{i}")
             yield from sleep(0)
@@ -91,7 +93,7 @@ def test_join_returns_result_or_raises_in_both_styles() -> None:
         await sleep(0)
         return 2 * n
 
-    def gen_double(n: int):
+    def gen_double(n: int) -> Generator[Any, Any, int]:
         yield from sleep(0)
         return 2 * n
 
@@ -99,7 +101,7 @@ def test_join_returns_result_or_raises_in_both_styles() -> None:
         await sleep(0)
         raise ValueError("child failed")
 
-    def gen_main():
+    def gen_main() -> Generator[Any, Any, Any]:
         t = yield from spawn(double(4))
         u = yield from spawn(gen_double(5))
         return (yield from t.join()), (yield from u.join())
@@ -264,7 +266,7 @@ def test_timeout_after_call_form_in_generators_and_coroutines() -> None:
     async def slow() -> None:
         await sleep(10)
 
-    def gen_main():
+    def gen_main() -> Generator[Any, Any, Any]:
         value = yield from timeout_after(1, sleep_then(7))
         try:
             yield from timeout_after(0.02, slow())
@@ -364,7 +366,7 @@ def test_crashed_task_is_logged_and_others_go_on(caplog: pytest.LogCaptureFixtur
 
 @pytest.mark.parametrize("bad", [42, None, ("recv",), ("fly", 1), "recv", ("recv", 3.5)])
 def test_bad_yield_raises_inside_the_task_naming_the_value(bad: object) -> None:
-    def task():
+    def task() -> Generator[Any, Any, str]:
         try:
             yield bad
         except TypeError as error:
@@ -373,7 +375,7 @@ def test_bad_yield_raises_inside_the_task_naming_the_value(bad: object) -> None:
 
     async def main() -> str:
         other = await spawn(sleep_and_return())
-        message = await (await spawn(task())).join()
+        message: str = await (await spawn(task())).join()
         assert await other.join() == "unaffected"
         return message
 
@@ -388,11 +390,11 @@ def test_bad_yield_raises_inside_the_task_naming_the_value(bad: object) -> None:
 def test_classic_tasks_append_and_run_until_no_task_left() -> None:
     log: list[str] = []
 
-    def child(n: int):
+    def child(n: int) -> Generator[Any, Any, None]:
         yield from sleep(0)
         log.append(f"child {n}")
 
-    def parent():
+    def parent() -> Generator[Any, Any, None]:
         for n in range(3):
             tasks.append(child(n))  # scheduling from inside a running task, as the tutorial does
         yield from sleep(0)
@@ -409,13 +411,13 @@ def test_classic_recv_send_traps_with_socket_objects_and_ints() -> None:
     left, right = socket.socketpair()
     got: list[bytes] = []
 
-    def reader(sock: socket.socket):
+    def reader(sock: socket.socket) -> Generator[Any, Any, None]:
         yield "recv", sock
         got.append(sock.recv(100))
         yield "recv", sock.fileno()
         got.append(sock.recv(100))
 
-    def writer(sock: socket.socket):
+    def writer(sock: socket.socket) -> Generator[Any, Any, None]:
         yield "send", sock
         sock.send(b"one")
         yield from sleep(0)  # one turn: the next poll wakes the reader, which takes "one" before "two" is sent
@@ -433,7 +435,7 @@ def test_classic_recv_send_traps_with_socket_objects_and_ints() -> None:
 def test_two_readers_on_one_socket_is_an_error_for_the_second() -> None:
     left, right = socket.socketpair()
 
-    def reader():
+    def reader() -> Generator[Any, Any, str]:
         try:
             yield "recv", left
         except RuntimeError as error:
@@ -489,7 +491,8 @@ def test_selector_poller_fallback_runs_the_same_programs() -> None:
             reader = await spawn(a.recv(100))
             await sleep(0)  # the reader runs first and parks: the selector has to wake it
             await b.sendall(b"via selectors")
-            return await reader.join()
+            received: bytes = await reader.join()
+            return received
 
     kernel = Kernel(poller=SelectorPoller(selectors.PollSelector()))
     assert kernel.run(main) == b"via selectors"

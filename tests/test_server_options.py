@@ -12,7 +12,7 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def test_each_honours_the_same_options(kind: str, sock_dir: Path, caplog: pytest
     caplog.set_level(logging.INFO, logger="yieldio")
     path = str(sock_dir / "echo.sock")
 
-    async def start() -> tuple[yieldio.Task, Callable[[], Generator[Any, Any, Socket]]]:
+    async def start() -> tuple[yieldio.Task, Callable[[], Awaitable[Socket]]]:
         if kind == "serve":
             listener = yieldio.tcp_listen(("127.0.0.1", 0))
             port = listener.getsockname()[1]

@@ -63,7 +63,8 @@ def test_sendall_accepts_memoryviews_of_any_format() -> None:
         async with Socket(left) as a, Socket(right) as b:
             reader = await spawn(_read_exactly(b, numbers.itemsize * len(numbers)))
             await a.sendall(memoryview(numbers))
-            return await reader.join()
+            received: bytes = await reader.join()
+            return received
 
     assert yieldio.run(main) == numbers.tobytes()
 
@@ -156,7 +157,7 @@ def test_run_in_thread_lets_other_tasks_run() -> None:
     async def main() -> str:
         async with TaskGroup() as group:
             await group.spawn(ticker())
-            result = await run_in_thread(lambda: release.wait(5) and "released")
+            result = await run_in_thread(lambda: "released" if release.wait(5) else "timed out")
         return result
 
     assert yieldio.run(main) == "released"

@@ -250,9 +250,11 @@ def over_socketpair(pieces: list[bytes], reader: Callable[[Stream], Awaitable[T]
         sending, receiving = Socket(left), Socket(right)
         async with sending, Stream(receiving, recv_size=recv_size) as stream, TaskGroup() as group:
             await group.spawn(send_pieces(sending, pieces))
-            return await reader(stream)
+            result = await reader(stream)
+        return result
 
-    return yieldio.run(main)
+    outcome: T = yieldio.run(main)
+    return outcome
 
 
 @settings(max_examples=60, deadline=None)
@@ -296,7 +298,7 @@ def test_readexactly_over_a_socketpair_gives_exact_sizes(
     data: bytes, cuts: list[int], recv_size: int, sizes: list[int]
 ) -> None:
     async def reader(stream: Stream) -> tuple[list[bytes], bytes, int]:
-        got = []
+        got: list[bytes] = []
         for size in itertools.cycle(sizes):
             try:
                 got.append(await stream.readexactly(size))
@@ -333,7 +335,7 @@ def test_readuntil_and_read_over_a_socketpair(data: bytes, cuts: list[int], recv
     assert b"\r\n" not in tail
 
     async def chunks(stream: Stream) -> list[bytes]:
-        got = []
+        got: list[bytes] = []
         for size in itertools.cycle(sizes):
             chunk = await stream.read(size)
             if not chunk:
@@ -489,7 +491,8 @@ def test_write_returns_once_the_kernel_took_everything() -> None:
             receiving = await spawn(reader.readexactly(len(payload)))
             assert writer.sendall == writer.write
             await writer.write(payload)  # waits, as sendall does, while the reader empties the buffers
-            return await receiving.join()
+            received: bytes = await receiving.join()
+            return received
 
     assert yieldio.run(main) == payload
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Generator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -386,7 +386,7 @@ def test_semaphore_in_generator_tasks() -> None:
         sem.release()
 
     def main() -> Generator[Any, Any, list[int]]:
-        sem, log = Semaphore(1), []
+        sem, log = Semaphore(1), cast(list[int], [])
         tasks = []
         for n in range(3):
             tasks.append((yield from spawn(worker(sem, log, n))))  # noqa: PERF401 - a comprehension cannot yield
@@ -532,13 +532,13 @@ def test_condition_in_generator_tasks() -> None:
     def consumer(cond: Condition, box: list[int]) -> Generator[Any, Any, int]:
         yield from cond.acquire()
         try:
-            value: int = yield from cond.wait_for(lambda: box and box[0])
+            value: int = yield from cond.wait_for(lambda: box[0] if box else 0)
         finally:
             cond.release()
         return value
 
     def main() -> Generator[Any, Any, int]:
-        cond, box = Condition(), []
+        cond, box = Condition(), cast(list[int], [])
         task = yield from spawn(consumer(cond, box))
         yield from sleep(0)
         yield from cond.acquire()
