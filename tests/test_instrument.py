@@ -9,8 +9,10 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 import yieldio
-from yieldio import Kernel, sleep, spawn
+from yieldio import Kernel, Task, sleep, spawn
 from yieldio.core.hooks import Instrument
 from yieldio.core.instrument import task_table
 
@@ -21,16 +23,16 @@ class Recorder(Instrument):
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
 
-    def task_spawned(self, task):  # type: ignore[no-untyped-def]
+    def task_spawned(self, task: Task) -> None:
         self.events.append(("spawned", task.name))
 
-    def task_resumed(self, task):  # type: ignore[no-untyped-def]
+    def task_resumed(self, task: Task) -> None:
         self.events.append(("resumed", task.name))
 
-    def task_woken(self, task, why):  # type: ignore[no-untyped-def]
+    def task_woken(self, task: Task, why: str) -> None:
         self.events.append(("woken", f"{task.name} {why}"))
 
-    def task_finished(self, task):  # type: ignore[no-untyped-def]
+    def task_finished(self, task: Task) -> None:
         self.events.append(("finished", task.name))
 
 
@@ -53,6 +55,36 @@ def test_instrument_sees_spawn_resume_wake_finish_in_order() -> None:
         ("resumed", "napper"),
         ("finished", "napper"),
     ]
+
+
+def test_hooks_are_indexed_when_added_only_those_an_instrument_defines() -> None:
+    """An event nobody listens to has an empty tuple: the kernel calls nothing for it. Instrument's
+    no-op defaults are not filed; an object that merely has a hook (no base class) is filed too."""
+
+    class OnlyFinished:
+        def __init__(self) -> None:
+            self.finished: list[str] = []
+
+        def task_finished(self, task: Task) -> None:
+            self.finished.append(task.name)
+
+    recorder, duck = Recorder(), OnlyFinished()
+    kernel = Kernel()
+    kernel.add_instrument(recorder)
+    kernel.add_instrument(duck)  # type: ignore[arg-type]  # typed callers subclass Instrument
+    assert kernel.hooks.task_yielded == ()  # defined by neither: Instrument's no-op is not filed
+    assert kernel.hooks.task_cancelled == ()
+    assert kernel.hooks.task_resumed == (recorder.task_resumed,)
+    assert kernel.hooks.task_finished == (recorder.task_finished, duck.task_finished)
+
+    async def main() -> None:
+        await sleep(0)
+
+    kernel.run(main)
+    assert duck.finished == ["main"]
+    kernel.remove_instrument(recorder)
+    assert list(kernel.hooks.task_resumed) == []
+    assert list(kernel.hooks.task_finished) == [duck.task_finished]
 
 
 def test_task_table_lists_states() -> None:
@@ -126,11 +158,13 @@ def test_sigusr1_logs_the_task_table_with_peers_and_keeps_serving(echo_server: S
     assert echo_server.stop(signal.SIGTERM) == 0
 
 
-def test_an_instrument_that_raises_is_removed_and_logged_and_the_program_goes_on(caplog) -> None:  # type: ignore[no-untyped-def]
+def test_an_instrument_that_raises_is_removed_and_logged_and_the_program_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class Broken(Instrument):
         calls = 0
 
-        def task_resumed(self, task):  # type: ignore[no-untyped-def]
+        def task_resumed(self, task: Task) -> None:
             Broken.calls += 1
             raise ValueError("instrument bug")
 
@@ -146,8 +180,11 @@ def test_an_instrument_that_raises_is_removed_and_logged_and_the_program_goes_on
     assert kernel.run(main) == 42
     assert Broken.calls == 1
     assert kernel.instruments == [recorder]
+    assert kernel.hooks.task_resumed == (recorder.task_resumed,)  # its hook is gone from the index too
     assert ("finished", "main") in recorder.events  # the other instrument kept hearing everything
-    assert any("instrument bug" in str(r.exc_info[1]) and "removed" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.exc_info and "instrument bug" in str(r.exc_info[1]) and "removed" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_yieldio_trace_env_traces_the_serve_command(serve_process: ProcessServers) -> None:
