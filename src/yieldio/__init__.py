@@ -18,9 +18,9 @@ The same kernel runs ``async def`` code::
 Every public name is here, as ``yieldio.<name>``. The package is layered, each
 layer a sub-package that imports only from the layers before it:
 
-- :mod:`yieldio.core`: the scheduler (kernel, poller, traps, scopes, sync, instrument, runner);
-- :mod:`yieldio.io`: sockets (TLS included), streams, Unix and UDP sockets;
-- :mod:`yieldio.servers`: accept loops, the echo protocol, listeners, workers;
+- :mod:`yieldio.core`: the scheduler (kernel, poller, traps, scopes, sync, hooks, instrument, runner);
+- :mod:`yieldio.io`: sockets (TLS included), streams, Unix and UDP sockets, listener URLs;
+- :mod:`yieldio.servers`: accept loops and ``ServerOptions``, the echo protocol, listeners, workers;
 - :mod:`yieldio.observe`: metrics;
 - :mod:`yieldio.cli`: the ``yieldio`` command, one module per subcommand.
 """

@@ -25,7 +25,7 @@ task is cancelled and a short note says so.
 
 *Reading stdin.* stdin can be a terminal, a pipe, a socket, ``/dev/null`` or
 a regular file, and epoll refuses the last two (EPERM). Every read is
-therefore *optimistic*, as in :mod:`yieldio.sockets`: ``os.read`` on the
+therefore *optimistic*, as in :mod:`yieldio.io.sockets`: ``os.read`` on the
 descriptor set non-blocking, and a wait for readability only when the read
 reports ``BlockingIOError``, which a file or ``/dev/null`` never does.
 O_NONBLOCK is a flag of the open file, which a terminal shares with stdout,
