@@ -20,12 +20,14 @@ import importlib
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from yieldio.cli import connect, serve
-from yieldio.cli.flags import CommandParser
+from yieldio.cli.flags import CommandParser, FromEnvironment
 
 from .harness import ROOT
 
@@ -173,21 +175,21 @@ def test_every_yieldio_name_imports(path: Path) -> None:
     assert not unresolved, f"names in {short(path)} that yieldio does not have:\n" + "\n".join(unresolved)
 
 
-def options(add_parser: object) -> tuple[set[str], set[str]]:
+def options(add_parser: Callable[[Any], FromEnvironment]) -> tuple[set[str], set[str]]:
     """(the long flags, the variables that may set them) of a subcommand, from its own parser."""
     parser = CommandParser(prog="yieldio")
     commands = parser.add_subparsers(dest="command", parser_class=CommandParser)
-    environment = add_parser(commands)  # type: ignore[operator]
+    environment = add_parser(commands)
     subcommand: argparse.ArgumentParser = next(iter(commands.choices.values()))
     flags = {flag for action in subcommand._actions for flag in action.option_strings if flag.startswith("--")}
     variables = {variable for _, variable, _ in environment.options}
     return flags - {"--help"}, variables
 
 
-@pytest.mark.parametrize("command", [serve, connect], ids=["serve", "connect"])
-def test_every_flag_and_variable_is_documented(command: object) -> None:
+@pytest.mark.parametrize("add_parser", [serve.add_parser, connect.add_parser], ids=["serve", "connect"])
+def test_every_flag_and_variable_is_documented(add_parser: Callable[[Any], FromEnvironment]) -> None:
     reference = (ROOT / "docs" / "serve.md").read_text(encoding="utf-8")
-    flags, variables = options(command.add_parser)  # type: ignore[attr-defined]
+    flags, variables = options(add_parser)
     assert flags, "no flags found: has the parser changed shape?"
     missing = sorted(word for word in flags | variables if not re.search(rf"`{re.escape(word)}\b", reference))
     assert not missing, f"not in docs/serve.md (in backticks): {', '.join(missing)}"
