@@ -33,7 +33,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -48,12 +48,29 @@ MiB = 1024 * 1024
 # what every server says once it listens, whatever --log-level is; an IPv6 host is in brackets
 LISTENING = re.compile(rb"listening on (\S+):(\d+)")
 LISTENER = re.compile(rb"listening on (\S+) \(")  # yieldio serve's line for each listener: its label
+ECHO_LOOP = re.compile(rb"echo loop: (\w+)")  # yieldio serve's line at start: the build of the echo step that runs
 FIGURES = os.environ.get("YIELDIO_FAULT_FIGURES", "/tmp/yieldio-fault-figures.json")
 
 T = TypeVar("T")
 
 
 # -- the environment -------------------------------------------------------------
+
+
+def expected_echo_loop(env: Mapping[str, str] | None = None) -> str:
+    """The echo loop a yieldio process with environment ``env`` (this one's by default) must run: the rule.
+
+    ``pure`` when the build was asked to be pure (``YIELDIO_NO_EXTENSIONS=1``, which test.sh and CI give
+    both the install and the tests) or the run is (``YIELDIO_PURE=1``); else ``compiled``, the default build.
+    """
+    env = os.environ if env is None else env
+    return "pure" if "1" in (env.get("YIELDIO_NO_EXTENSIONS"), env.get("YIELDIO_PURE")) else "compiled"
+
+
+def is_yieldio_serve(command: Sequence[str | bytes]) -> bool:
+    """Whether ``command`` runs ``yieldio serve`` (``python -m yieldio serve``, the ``yieldio`` script, under a wrapper)."""
+    words = [os.fsdecode(word) for word in command]
+    return "serve" in words and any(word == "yieldio" or word.endswith("/yieldio") for word in words)
 
 
 def python_env() -> dict[str, str]:
@@ -212,7 +229,11 @@ def _regex(pattern: bytes | re.Pattern[bytes]) -> re.Pattern[bytes]:
 
 
 class ServerProcess(ChildProcess):
-    """A server process (``yieldio serve``, or any program that logs ``listening on HOST:PORT``), and its measures."""
+    """A server process (``yieldio serve``, or any program that logs ``listening on HOST:PORT``), and its measures.
+
+    ``echo_loop``: the ``echo loop: X`` line it must log once it listens (``yieldio serve`` logs it at start),
+    checked by :meth:`check_echo_loop`; None checks nothing (a program other than ``yieldio serve``).
+    """
 
     def __init__(
         self,
@@ -220,10 +241,13 @@ class ServerProcess(ChildProcess):
         host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         pass_fds: Sequence[int] = (),
+        echo_loop: str | None = None,
     ) -> None:
         super().__init__(command, env, pass_fds)
         self.host = host
         self.port = 0  # known once it has said it
+        self.echo_loop = echo_loop
+        self.echo_loop_checked = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -232,13 +256,26 @@ class ServerProcess(ChildProcess):
     def wait_listening(self, timeout: float = 10.0) -> int:
         """Wait for its ``listening on HOST:PORT`` line; the port (also in ``address`` from now on)."""
         self.port = int(self.wait_log(LISTENING, timeout=timeout).group(2))
+        self.check_echo_loop()
         return self.port
 
     def wait_listeners(self, count: int, timeout: float = 10.0) -> list[str]:
         """Wait for ``yieldio serve``'s ``count`` ``listening on LABEL (...)`` lines (one per --listen); the labels,
         in order: ``127.0.0.1:PORT``, ``tls://127.0.0.1:PORT``, ``udp://127.0.0.1:PORT``, ``unix:PATH``."""
         self.wait_log(LISTENER, count=count, timeout=timeout)
+        self.check_echo_loop()
         return [label.decode() for label in LISTENER.findall(self.output())[:count]]
+
+    def check_echo_loop(self) -> None:
+        """Once it listens: its ``echo loop: X`` lines all name the loop expected (``echo_loop``), if one is."""
+        if self.echo_loop is None:
+            return
+        self.echo_loop_checked = True
+        logged = [loop.decode() for loop in ECHO_LOOP.findall(self.output())]
+        assert logged and set(logged) == {self.echo_loop}, (
+            f"expected `echo loop: {self.echo_loop}` (tests.harness.expected_echo_loop), logged {logged}: is the"
+            f" install the build the environment names (./test.sh, YIELDIO_NO_EXTENSIONS=1 ./test.sh)?\n{self.tail()}"
+        )
 
     def assert_healthy(self) -> None:
         """Still running, and nothing in its log that says a task or the server itself went wrong."""
@@ -324,15 +361,25 @@ class ProcessServers:
         host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         pass_fds: Sequence[int] = (),
+        echo_loop: str | None = None,
     ) -> ServerProcess:
-        """Start ``command`` and return at once: for a server that may refuse to start (or logs no port)."""
-        server = ServerProcess(command, host, env, pass_fds)
+        """Start ``command`` and return at once: for a server that may refuse to start (or logs no port).
+
+        A ``yieldio serve`` command must log the echo loop ``echo_loop``, by default the one
+        :func:`expected_echo_loop` expects of its environment (checked once it listens)."""
+        if echo_loop is None and is_yieldio_serve(command):
+            echo_loop = expected_echo_loop(python_env() | (env or {}))
+        server = ServerProcess(command, host, env, pass_fds, echo_loop)
         self.started.append(server)
         return server
 
     def close(self) -> None:
         for server in self.started:
             server.kill()
+        # a server the test waited for by other means than wait_listening(): checked now that it is gone
+        for server in self.started:
+            if not server.echo_loop_checked and LISTENING.search(server.output()):
+                server.check_echo_loop()
 
 
 # -- a server in a thread --------------------------------------------------------

@@ -3,9 +3,10 @@
 Why: at 1 KiB per message the echo server spends most of its user-space time
 in the Python-level price of two socket calls per message (argument parsing
 of each, a buffer view, a slice between them). This does the same two
-system calls in one call from Python. It is built only on request
-(YIELDIO_COMPILE=1 at install time); the pure-Python loop in echo.py is the
-reference, and this must behave exactly like it.
+system calls in one call from Python. The build compiles it whenever it
+finds a C compiler (hatch_build.py; YIELDIO_NO_EXTENSIONS=1 skips it); the
+pure-Python loop in echo.py is the reference, and this must behave exactly
+like it.
 
 echo_step(fd, buffer, head) -> int | None | tuple[int, int]
     Receives into buffer[head:] (the prefix sits in buffer[:head]), then
@@ -18,6 +19,10 @@ echo_step(fd, buffer, head) -> int | None | tuple[int, int]
     - any other error raises OSError with its errno, as the socket methods do
       (ConnectionResetError, BrokenPipeError...). EINTR is retried after the
       signal handlers ran, as the socket methods do.
+
+SOURCE_SHA256: the SHA-256 of this file as it was compiled (the build passes
+it as a macro); yieldio.compiled does not load a module built from another
+version of this file.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,6 +31,12 @@ echo_step(fd, buffer, head) -> int | None | tuple[int, int]
 #include <limits.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+
+#ifndef YIELDIO_SOURCE_SHA256
+#error "YIELDIO_SOURCE_SHA256 is not defined: build the module through yieldio's build (hatch_build.py defines it)"
+#endif
+#define STRINGIFY_(token) #token
+#define STRINGIFY(token) STRINGIFY_(token)
 
 static PyObject *
 raise_errno(int error)
@@ -133,5 +144,13 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    return PyModule_Create(&speedups_module);
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddStringConstant(module, "SOURCE_SHA256", STRINGIFY(YIELDIO_SOURCE_SHA256)) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -1,3 +1,5 @@
-"""Types of the optional compiled module (src/yieldio/_speedups.c; built with YIELDIO_COMPILE=1)."""
+"""Types of the compiled module (src/yieldio/_speedups.c), which the build makes when it finds a C compiler."""
+
+SOURCE_SHA256: str  # the SHA-256 of the _speedups.c it was compiled from
 
 def echo_step(fd: int, buffer: memoryview, head: int, /) -> int | tuple[int, int] | None: ...

@@ -1,22 +1,75 @@
 """Which echo loop runs: the compiled step, when the build made it, or the pure-Python loop.
 
 The compiled step (:mod:`yieldio._speedups`, built from ``_speedups.c`` at install time when
-a C compiler is there) does the plain echo's per-message receive and send in one C call.
-The pure-Python loop is the reference: both make the same system calls and behave the same.
-``YIELDIO_PURE=1`` in the environment chooses the pure loop at run time.
+a C compiler is there; ``YIELDIO_NO_EXTENSIONS=1`` at install time builds without it) does the
+plain echo's per-message receive and send in one C call. The pure-Python loop is the reference:
+both make the same system calls and behave the same. ``YIELDIO_PURE=1`` in the environment
+chooses the pure loop at run time.
+
+A module that is there but is not the build of this Python and this source is never used
+silently: one built for another Python (another ``EXT_SUFFIX``, or one that fails to load), or,
+in a source tree (an editable install, where ``_speedups.c`` sits beside it), one compiled from
+another version of ``_speedups.c`` than the one there (the build compiles the source's SHA-256
+into it). The pure loop runs then, and a :class:`StaleBuildWarning` says why and how to rebuild.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import os
+import sysconfig
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 EchoStep = Callable[[int, memoryview, int], int | tuple[int, int] | None]
 
-echo_step: EchoStep | None = None
-if os.environ.get("YIELDIO_PURE") != "1":
-    with contextlib.suppress(ImportError):
-        from ._speedups import echo_step
+HERE = Path(__file__).resolve().parent
+REBUILD = "Rebuild it with this Python: `pip install -e .` in the source tree (./test.sh does), or reinstall yieldio"
+
+
+class StaleBuildWarning(RuntimeWarning):
+    """A compiled module is there but is not this Python's, or not this source's: the pure loop runs instead."""
+
+
+def _compiled_modules() -> list[str]:
+    """The compiled modules in the package's directory, whichever Python they were built for."""
+    return sorted(path.name for path in HERE.glob("_speedups.*") if path.suffix in (".so", ".pyd"))
+
+
+def _load() -> EchoStep | None:
+    if os.environ.get("YIELDIO_PURE") == "1":
+        return None
+    try:
+        from ._speedups import echo_step  # a missing module raises ModuleNotFoundError, another failure ImportError
+    except ImportError as error:
+        found = _compiled_modules()
+        if found or not isinstance(error, ModuleNotFoundError):
+            wanted = "_speedups" + str(sysconfig.get_config_var("EXT_SUFFIX"))
+            warnings.warn(
+                f"yieldio: {', '.join(found) or 'the compiled module'} in {HERE} cannot be loaded by this Python"
+                f" (it would load {wanted}: {error}); the pure-Python echo loop runs. Built for another Python?"
+                f" {REBUILD}",
+                StaleBuildWarning,
+                stacklevel=2,
+            )
+        return None
+    from . import _speedups
+
+    source = HERE / "_speedups.c"
+    if source.is_file():  # a source tree: the module must have been compiled from this very file
+        built_from = getattr(_speedups, "SOURCE_SHA256", None)
+        if built_from != hashlib.sha256(source.read_bytes()).hexdigest():
+            warnings.warn(
+                f"yieldio: {_speedups.__file__} was compiled from another version of {source} (older?);"
+                f" the pure-Python echo loop runs. {REBUILD}",
+                StaleBuildWarning,
+                stacklevel=2,
+            )
+            return None
+    return echo_step
+
+
+echo_step: EchoStep | None = _load()
 
 ECHO_LOOP = "pure" if echo_step is None else "compiled"
