@@ -6,11 +6,12 @@ deploy/ is caught three ways instead. The linters and validators the files are w
 them as they are. The files are then read as data and held to what the deployment promises:
 a locked-down pod, probes, a grace period longer than the server's drain, a Service that
 matches the image's EXPOSE and the ports the server is told to listen on, two versions that
-differ in nothing but their prefix. Last, the one thing a container adds to a process is its
-command and its environment, and both can be tried without one: the image's ENTRYPOINT runs
-from a fresh virtual environment holding the freshly built wheels, with the environment the
-image and the Deployment give it (ports moved to loopback), and answers ``nc`` as a client in
-the cluster would be answered.
+differ in nothing but their prefix. Last, the image is built and run as far as it can be
+without a runtime: the build stage's own steps run on what the ignore file lets through (the
+apt-get steps checked, not run), the runtime stage's install puts the wheels they made into a
+fresh virtual environment, and the image's ENTRYPOINT runs from it, with the environment the
+image and the Deployment give it (ports moved to loopback), runs the compiled echo loop, and
+answers ``nc`` as a client in the cluster would be answered.
 
 The linters are in the test extra; a missing one fails its test with a message, never a skip.
 """
@@ -54,10 +55,11 @@ KUBERNETES_VERSION = "1.37.0"  # the newest schema kubernetes-validate 1.37.0 sh
 
 @dataclass
 class Stage:
-    """One FROM ... stage of a Containerfile: its base image and its instructions, in order."""
+    """One FROM ... stage of a Containerfile: its base image, its instructions in order, and its name (AS)."""
 
     base: str
     instructions: list[tuple[str, str]] = field(default_factory=list)
+    name: str = ""
 
     def last(self, keyword: str) -> str | None:
         found = [rest for name, rest in self.instructions if name == keyword]
@@ -83,7 +85,8 @@ def parse_containerfile(text: str) -> list[Stage]:
         logical = ""
         keyword, rest = keyword.upper(), rest.strip()
         if keyword == "FROM":
-            stages.append(Stage(base=rest.split()[0]))
+            words = rest.split()
+            stages.append(Stage(base=words[0], name=words[2] if [w.upper() for w in words[1:2]] == ["AS"] else ""))
         else:
             assert stages, f"{keyword} before any FROM"
             stages[-1].instructions.append((keyword, rest))
@@ -382,13 +385,329 @@ def test_containerfile_parser_reads_continuations_quotes_and_stages() -> None:
         "# comment\nFROM base:1 AS build\nRUN a \\\n    # inside\n    b\nFROM base:1\n"
         'ENV A=1 \\\n    B="two words "\nEXPOSE 1 2/udp\nENTRYPOINT ["x", "y"]\nCMD ["z"]\n'
     )
-    assert [stage.base for stage in stages] == ["base:1", "base:1"]
+    assert [(stage.base, stage.name) for stage in stages] == [("base:1", "build"), ("base:1", "")]
     assert stages[0].instructions == [("RUN", "a      b")]
     assert image_environment(stages[1]) == {"A": "1", "B": "two words "}
     assert exposed_ports(stages[1]) == {(1, "TCP"), (2, "UDP")}
     assert image_command(stages[1]) == ["x", "y", "z"]
     assert listen_urls("tcp://:1, udp://[::1]:2") == [("tcp", "", 1), ("udp", "[::1]", 2)]
     assert (quantity("100m"), quantity("64Mi"), quantity(1)) == (0.1, 64 * 2**20, 1)
+
+
+# --- the image's build, without a container runtime -------------------------------------------
+#
+# What `docker build` does with deploy/Containerfile, done here step by step from the file itself:
+# the build context is what Containerfile.dockerignore lets through; the build stage's WORKDIR,
+# ENV, COPY and RUN instructions run as written, in a directory that stands for the stage's root
+# (its WORKDIR, and the paths the runtime stage mounts from it, are moved there); then the runtime
+# stage's RUN installs what those mounts hold into a fresh virtual environment, which stands for
+# the image. `pip` and `python` are this interpreter, as the image's are its Python's.
+#
+# The apt-get steps are not run: a test installs nothing on the machine it runs on (that needs
+# root and Debian's mirrors). They are checked instead: each package they name must be installed
+# here (.ci/run installs them), and what the base image lacks stays lacking until an apt-get step
+# installs it. python:3.11-slim has no C compiler and no C library headers, so until the build
+# stage installs them its RUN steps are told there is no compiler (CC), and yieldio's build is
+# pure-Python, or fails with YIELDIO_REQUIRE_EXTENSIONS=1.
+
+IGNORE_FILE = DEPLOY / "Containerfile.dockerignore"
+NO_COMPILER = "/python-slim-has-no/gcc"
+# what python:3.11-slim lacks that a build may use -> the Debian packages that provide it
+BASE_IMAGE_LACKS = {
+    "a C compiler": {"gcc", "build-essential"},
+    "the C library's headers": {"libc6-dev", "build-essential"},
+}
+
+
+@dataclass
+class IgnorePattern:
+    """One line of a .dockerignore: as written, as a regular expression on slash-separated paths, and if it is
+    an exception (``!``)."""
+
+    text: str
+    regex: re.Pattern[str]
+    exception: bool
+
+
+def ignore_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's translation (moby's patternmatcher) of the wildcards a .dockerignore uses: ``*`` (anything but
+    a slash), ``?`` (one character but a slash) and ``**`` (any number of directories, none included)."""
+    regex, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+            regex += ".*" if i == len(pattern) else "(.*/)?"
+            continue
+        char = pattern[i]
+        assert char not in "[\\", f"{pattern!r}: the test does not implement [...] and \\ in .dockerignore patterns"
+        regex += "[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char)
+        i += 1
+    return re.compile(regex)
+
+
+def ignore_patterns(text: str) -> list[IgnorePattern]:
+    """A .dockerignore's lines as Docker reads them: comments and blank lines dropped, ``!`` an exception,
+    each pattern cleaned (``src/`` is ``src``) and relative to the context's root (a leading ``/`` dropped)."""
+    patterns = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        pattern = line.strip()
+        exception = pattern.startswith("!")
+        if exception:
+            pattern = pattern[1:].strip()
+        pattern = os.path.normpath(pattern).lstrip("/") or "/"
+        patterns.append(IgnorePattern(line.strip(), ignore_regex(pattern), exception))
+    return patterns
+
+
+def last_match(patterns: list[IgnorePattern], path: str) -> int | None:
+    """The index of the last pattern that matches ``path`` or a directory it is in (Docker's rule), if any."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    found = None
+    for index, pattern in enumerate(patterns):
+        if any(pattern.regex.fullmatch(candidate) for candidate in candidates):
+            found = index
+    return found
+
+
+def is_ignored(patterns: list[IgnorePattern], path: str) -> bool:
+    index = last_match(patterns, path)
+    return index is not None and not patterns[index].exception
+
+
+def could_match_below(pattern: IgnorePattern, directory: str) -> bool:
+    """Whether ``pattern`` can match a path inside ``directory``: if an ignored directory must still be read."""
+    if "**" in pattern.text:
+        return True
+    segments = os.path.normpath(pattern.text.lstrip("!").strip()).lstrip("/").split("/")
+    names = directory.split("/")
+    return len(segments) > len(names) and all(
+        ignore_regex(segment).fullmatch(name) for segment, name in zip(segments, names, strict=False)
+    )
+
+
+def build_context(root: Path, ignore_file: Path, into: Path) -> list[str]:
+    """Copy what ``ignore_file`` lets through from ``root`` into ``into``; the files' relative paths, sorted."""
+    patterns = ignore_patterns(ignore_file.read_text())
+    sent = []
+    for directory, subdirectories, files in os.walk(root):
+        relative = Path(directory).relative_to(root).as_posix()
+        prefix = "" if relative == "." else relative + "/"
+        kept = []
+        for name in sorted(subdirectories):
+            index = last_match(patterns, prefix + name)
+            if index is not None and not patterns[index].exception:
+                later = [pattern for pattern in patterns[index + 1 :] if pattern.exception]
+                if not any(could_match_below(pattern, prefix + name) for pattern in later):
+                    continue  # ignored, and no later exception can bring back anything inside it
+            kept.append(name)
+        subdirectories[:] = kept
+        for name in files:
+            if not is_ignored(patterns, prefix + name):
+                sent.append(prefix + name)
+                (into / prefix).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(directory) / name, into / prefix / name)
+    return sorted(sent)
+
+
+def test_ignore_file_rules_are_dockers() -> None:
+    patterns = ignore_patterns("# a comment\n*\n!src/\n**/__pycache__\n**/*.pyc\n!keep/**/x\n/top\n")
+    assert [pattern.text for pattern in patterns] == ["*", "!src/", "**/__pycache__", "**/*.pyc", "!keep/**/x", "/top"]
+    assert is_ignored(patterns, "README.md") and is_ignored(patterns, "docs/a.md")  # *, and the directory a file is in
+    assert not is_ignored(patterns, "src/yieldio/kernel.py")  # an exception for a directory covers what is in it
+    assert is_ignored(patterns, "src/yieldio/__pycache__/kernel.cpython-311.pyc")  # the last pattern matching wins
+    assert is_ignored(patterns, "__pycache__/x") and is_ignored(patterns, "src/a.pyc")  # **/: any depth, none too
+    assert not is_ignored(patterns, "keep/x") and not is_ignored(patterns, "keep/a/b/x")
+    assert is_ignored(patterns, "keep/a/y") and is_ignored(patterns, "top")
+    # whether a directory ignored must still be read, for an exception that can match inside it
+    (deep,) = ignore_patterns("!docs/*/keep.md")
+    assert could_match_below(deep, "docs") and could_match_below(deep, "docs/a") and not could_match_below(deep, "src")
+    assert not could_match_below(deep, "docs/a/keep.md") and not could_match_below(patterns[1], "src")
+    assert could_match_below(patterns[4], "anything")
+    regexes = [ignore_regex(pattern).pattern for pattern in ("a?b", "**", "a/**/b", "*.c")]
+    assert regexes == ["a[^/]b", ".*", "a/(.*/)?b", "[^/]*\\.c"]
+
+
+def test_the_build_context_is_what_the_wheel_is_made_of(tmp_path: Path) -> None:
+    sent = build_context(ROOT, IGNORE_FILE, tmp_path)
+    assert {"pyproject.toml", "README.md", "hatch_build.py", "src/yieldio/_speedups.c"} <= set(sent)
+    outside = [path for path in sent if not path.startswith("src/") and "/" in path]
+    assert outside == [], "only the top-level files the wheel needs, and src/"
+    # nothing a build or a run left in src/: an editable install's compiled module above all
+    assert [path for path in sent if re.search(r"__pycache__|\.pyc$|\.so", path)] == []
+
+
+def shell_tools(directory: Path, python: str, pip_into: Path | None = None) -> Path:
+    """``pip``, ``python`` and ``python3`` in ``directory``, as an image has its Python's: ``python`` is
+    ``python``, ``pip`` this interpreter's pip, installing into the environment of ``pip_into`` if given."""
+    directory.mkdir(parents=True)
+    target = f" --python {shlex.quote(str(pip_into))}" if pip_into else ""
+    scripts = {
+        "pip": f'exec {shlex.quote(sys.executable)} -m pip{target} "$@"',
+        "python": f'exec {shlex.quote(python)} "$@"',
+    }
+    scripts["python3"] = scripts["python"]
+    for name, line in scripts.items():
+        (directory / name).write_text(f"#!/bin/sh\n{line}\n")
+        (directory / name).chmod(0o755)
+    return directory
+
+
+def run_options(rest: str) -> tuple[list[str], str]:
+    """A RUN instruction's ``--option``s, and its command."""
+    options = []
+    while rest.startswith("--"):
+        option, _, rest = rest.partition(" ")
+        options.append(option)
+        rest = rest.strip()
+    return options, rest
+
+
+def apt_get_step(command: str) -> set[str] | None:
+    """The packages an ``apt-get update && apt-get install ... && rm -rf /var/lib/apt/lists/*`` step installs;
+    None for any other step. A step that mixes apt-get with anything else is not one the test can skip."""
+    if "apt-get" not in command:
+        return None
+    packages: set[str] = set()
+    for part in command.split("&&"):
+        words = shlex.split(part)
+        if words[:2] == ["apt-get", "install"]:
+            packages |= {word for word in words[2:] if not word.startswith("-")}
+        else:
+            skippable = words[:2] == ["apt-get", "update"] or words == ["rm", "-rf", "/var/lib/apt/lists/*"]
+            assert skippable, f"RUN {command}: the test skips apt-get steps, and this one does more: {part.strip()!r}"
+    return packages
+
+
+def installed_here(package: str) -> bool:
+    query = [tool("dpkg-query", "a Debian machine"), "-W", "-f", "${Status}", package]
+    result = subprocess.run(query, capture_output=True, text=True, check=False, timeout=30)
+    return result.stdout.endswith(" installed")
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without what would leak into a build from outside the image: yieldio's own
+    variables (CI sets YIELDIO_NO_EXTENSIONS for the whole pure run) and a PYTHONPATH to this checkout."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("YIELDIO_") and key != "PYTHONPATH"}
+
+
+@dataclass
+class EmulatedStage:
+    """A stage of the Containerfile run on this machine: the directory standing for its root, and its state."""
+
+    root: Path
+    env: dict[str, str]
+    tools: Path  # first on PATH: the stage's pip and python
+    workdir: str = "/"
+    moved: dict[str, Path] = field(default_factory=dict)  # container paths -> the directories standing for them
+    packages: set[str] = field(default_factory=set)  # what its apt-get steps installed
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True)
+
+    def path(self, container_path: str) -> Path:
+        """The directory standing for ``container_path`` (absolute, or relative to WORKDIR)."""
+        absolute = os.path.normpath(os.path.join(self.workdir, container_path))
+        return self.root / absolute.lstrip("/")
+
+    def run(self, command: str) -> None:
+        """A RUN step in shell form, with the stage's paths moved and its environment."""
+        for container_path in sorted(self.moved, key=len, reverse=True):
+            standing = str(self.moved[container_path])
+            pattern = rf"(?<![\w./-]){re.escape(container_path)}(?=[/\s\"']|$)"
+            command = re.sub(pattern, lambda _, standing=standing: standing, command)
+        env = dict(self.env)
+        env["PATH"] = f"{self.tools}{os.pathsep}{env.get('PATH', os.defpath)}"
+        if not all(self.packages & providers for providers in BASE_IMAGE_LACKS.values()):
+            env["CC"] = NO_COMPILER
+        result = subprocess.run(
+            ["sh", "-c", command], cwd=self.path("."), env=env, capture_output=True, text=True, check=False, timeout=600
+        )
+        output = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        assert result.returncode == 0, f"RUN {command}\nfailed (exit {result.returncode}):\n{output}"
+
+    def apply(self, keyword: str, rest: str, context: Path) -> None:
+        """One instruction of the build stage."""
+        if keyword == "WORKDIR":
+            assert rest.startswith("/"), f"WORKDIR {rest}: the test takes an absolute one"
+            self.workdir = rest
+            self.path(".").mkdir(parents=True, exist_ok=True)
+            self.moved[rest] = self.path(".")
+        elif keyword == "ENV":
+            self.env.update(image_environment(Stage("", [(keyword, rest)])))
+        elif keyword == "COPY":
+            *sources, destination = shlex.split(rest)
+            assert not sources[0].startswith("--"), f"COPY {rest}: the test takes no options"
+            into_directory = destination.endswith("/") or len(sources) > 1
+            for source in sources:
+                found = context / os.path.normpath(source).lstrip("/")
+                # what the builder says: it has only what the ignore file let through
+                assert found.exists(), f'COPY {rest}: "/{source.rstrip("/")}" not found in the build context'
+                target = self.path(destination)
+                if found.is_dir():
+                    shutil.copytree(found, target, dirs_exist_ok=True)
+                else:
+                    target = target / found.name if into_directory else target
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(found, target)
+        elif keyword == "RUN":
+            options, command = run_options(rest)
+            assert options == [], f"RUN {rest}: the test takes no options in the build stage"
+            packages = apt_get_step(command)
+            if packages is None:
+                self.run(command)
+                return
+            missing = sorted(package for package in packages if not installed_here(package))
+            if missing:
+                pytest.fail(f"RUN {command}: install {' '.join(missing)} here (apt-get install), as .ci/run does")
+            self.packages |= packages
+        else:
+            pytest.fail(f"{keyword} {rest}: the test does not emulate {keyword} in the build stage")
+
+
+def mounts_of(rest: str, build: Stage) -> tuple[dict[str, str], str]:
+    """A runtime stage's RUN: its bind mounts of the build stage (target -> source), and its command."""
+    options, command = run_options(rest)
+    mounts = {}
+    for option in options:
+        assert option.startswith("--mount="), f"RUN {rest}: the test takes --mount options only"
+        mount = dict(item.split("=", 1) for item in option.removeprefix("--mount=").split(","))
+        assert (mount.get("type"), mount.get("from")) == ("bind", build.name), f"{option}: a bind mount of {build.name}"
+        mounts[mount["target"]] = mount["source"]
+    return mounts, command
+
+
+def build_image(directory: Path) -> Path:
+    """Build deploy/Containerfile's image as described above; the venv that stands for it."""
+    build, runtime = parse_containerfile(CONTAINERFILE.read_text())
+    context = directory / "context"
+    build_context(ROOT, IGNORE_FILE, context)
+    stage = EmulatedStage(directory / "build", clean_environment(), shell_tools(directory / "tools", sys.executable))
+    for keyword, rest in runtime.instructions:  # what the runtime stage takes from the build stage
+        if keyword == "RUN":
+            for source in mounts_of(rest, build)[0].values():
+                stage.moved[source] = stage.path(source)
+    for keyword, rest in build.instructions:
+        stage.apply(keyword, rest, context)
+
+    venv = directory / "image"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    image = EmulatedStage(
+        directory / "runtime", clean_environment(), shell_tools(directory / "image-tools", str(python), python)
+    )
+    for keyword, rest in runtime.instructions:
+        if keyword == "ENV":
+            image.env.update(image_environment(Stage("", [(keyword, rest)])))
+        elif keyword == "RUN":
+            mounts, command = mounts_of(rest, build)
+            image.moved = {target: stage.path(source) for target, source in mounts.items()}
+            image.run(command)
+    return venv
 
 
 # --- the image's command, with the image's and the Deployment's environment -------------------
@@ -423,16 +742,8 @@ def kubelet_probe(probe: dict[str, Any], ports: dict[int | str, int]) -> str:
 
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv holding what the image's second stage installs: the wheels the first stage builds."""
-    wheels, venv = tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("image") / "venv"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    # the Containerfile's two RUN steps, on this checkout (pip's cache makes them quick after the first time)
-    subprocess.run([*pip, "wheel", "--wheel-dir", str(wheels), f"{ROOT}[metrics]"], check=True, timeout=120)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    python = str(venv / "bin" / "python")
-    wheel_files = [str(wheel) for wheel in wheels.glob("*.whl")]
-    subprocess.run([*pip, "--python", python, "install", "--no-index", *wheel_files], check=True, timeout=120)
-    return venv
+    """A fresh venv holding what the image's second stage installs: the wheels its first stage builds."""
+    return build_image(tmp_path_factory.mktemp("image-build"))
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -450,9 +761,11 @@ def test_image_command_with_the_deployments_environment_answers_nc(
     env = {**on_loopback(deployed), "PATH": f"{image_venv / 'bin'}{os.pathsep}{os.defpath}"}
     urls = listen_urls(deployed["YIELDIO_LISTEN"])
     server = serve_process.launch(
-        ["env", "-i", *(f"{key}={value}" for key, value in env.items()), *image_command(runtime)]
+        ["env", "-i", *(f"{key}={value}" for key, value in env.items()), *image_command(runtime)],
+        echo_loop="compiled",  # the image's build, whichever this test run's is
     )
     server.wait_log(LISTENING, count=len(urls))
+    server.check_echo_loop()
     listening = [((kind or b"tcp").decode(), int(port)) for kind, port in LISTENING.findall(server.output())]
     assert sorted(kind for kind, _ in listening) == sorted(kind for kind, _, _ in urls)
 
