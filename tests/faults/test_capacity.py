@@ -1,13 +1,18 @@
-"""Running out of room: 5,000 simultaneous connections, and a server starved of descriptors (EMFILE)."""
+"""Running out of room: 5,000 simultaneous connections, --max-clients and --backlog, and a server starved of
+descriptors (EMFILE) that accepts again the moment one of its connections closes."""
 
 from __future__ import annotations
 
 import itertools
 import re
+import shutil
 import socket
+import subprocess
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..harness import (
     Bystander,
@@ -71,12 +76,80 @@ def test_5000_simultaneous_connections_each_echoed(serve_process: ProcessServers
 ACCEPTED = re.compile(rb"connection from 127\.0\.0\.1:(\d+)")
 PAUSING = b"accept failed ("
 RECOVERED = b"accepting again"
+METRICS = re.compile(rb"metrics on http://127\.0\.0\.1:(\d+)/metrics")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The server's metrics of its one echo listener, as Prometheus would read them: sample name -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("listener", "").startswith("127.0.0.1:")
+    }
+
+
+def listen_queue(port: int) -> tuple[int, int]:
+    """(connections waiting to be accepted, the backlog) of the listening TCP socket on ``port``, as ss shows them."""
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.split()
+    assert out[0] == "LISTEN", out
+    return int(out[1]), int(out[2])  # for a listening socket, Recv-Q and Send-Q
+
+
+@pytest.mark.timeout(60)
+def test_max_clients_and_backlog_flags_hold_new_clients_until_one_leaves(serve_process: ProcessServers) -> None:
+    assert shutil.which("ss"), "ss (iproute2) is needed to read the listen queue"
+    server = serve_process("--max-clients", "2", "--backlog", "7", "--metrics", "127.0.0.1:0")
+    metrics = int(server.wait_log(METRICS).group(1))
+    assert listen_queue(server.port) == (0, 7)  # --backlog reached listen()
+    served = [connect(server.address) for _ in range(2)]
+    for i, c in enumerate(served):
+        roundtrip(c, b"in %d" % i, b"GOT:in %d" % i)
+    server.wait_log(b"2 clients connected (--max-clients): not accepting until one leaves")
+    waiting = [connect(server.address) for _ in range(3)]  # each completes its handshake in the backlog
+    for i, c in enumerate(waiting):
+        c.sendall(b"waiting %d" % i)
+    assert listen_queue(server.port) == (3, 7)  # the kernel holds them: the server has not accepted them
+
+    # each client that leaves lets exactly the next one in, in the order they came
+    for i, c in enumerate(waiting):
+        leaving = served.pop(0)
+        gone = leaving.getsockname()[1]
+        leaving.close()
+        expected = b"GOT:waiting %d" % i
+        assert recv_exactly(c, len(expected)) == expected
+        served.append(c)
+        accepted_at = server.wait_log(b"connection from 127.0.0.1:%d\n" % c.getsockname()[1]).start()
+        closed_at = server.output().find(b"connection closed 127.0.0.1:%d\n" % gone)
+        assert closed_at >= 0, f"waiting client {i} was accepted, and the client that left is not logged as gone"
+        assert closed_at < accepted_at, f"waiting client {i} was accepted before a client left"
+        assert listen_queue(server.port)[0] == len(waiting) - i - 1
+    for c in served:
+        c.close()
+    server.wait_log(b"connection closed", count=5)
+    samples = scrape(metrics)
+    assert samples["yieldio_connections_accepted_total"] == 5
+    assert samples["yieldio_connections_open"] == 0
+    # --max-clients holding clients back is not an accept pause: that counts running out of descriptors
+    assert samples["yieldio_accept_pauses_total"] == 0
+    assert server.count(b"not accepting until one leaves") == 1 + len(waiting)  # after the first two, each newcomer
+    server.assert_healthy()
 
 
 @pytest.mark.timeout(60)
 def test_emfile_pauses_quietly_serves_the_connected_and_recovers(serve_process: ProcessServers) -> None:
     limit = 64
-    server = serve_process(nofile=limit)  # INFO, so each accepted connection is logged with its port
+    # INFO, so each accepted connection is logged with its port; --metrics: one descriptor more, counted in
+    server = serve_process("--metrics", "127.0.0.1:0", nofile=limit)
+    metrics = int(server.wait_log(METRICS).group(1))
+    # A scrape first: then the endpoint's accept loop is waiting for its next scraper. (Out of descriptors,
+    # accept() fails with EMFILE even with no connection waiting: its first attempt, if it came after the
+    # clients below had taken every descriptor, would log a pause of its own.)
+    assert scrape(metrics)["yieldio_accept_pauses_total"] == 0
     waiting_extra = 40
     clients = [connect(server.address) for _ in range(limit + waiting_extra)]  # the rest wait in the backlog
     server.wait_log(PAUSING)
@@ -95,21 +168,49 @@ def test_emfile_pauses_quietly_serves_the_connected_and_recovers(serve_process: 
     # ...the waiting clients can already send (the kernel queues it)...
     for i, c in enumerate(waiting):
         c.sendall(b"queued %d" % i)
-    # ...and the retrying costs next to nothing: measure the server's CPU over a window of its back-off
-    window = 1.5
-    cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
-    time.sleep(window)  # the measurement window itself; nothing is being waited for
-    cpu_used = server.cpu_seconds() - cpu_before  # user + system, in clock ticks of 10 ms
-    cpu_share = cpu_used / (time.monotonic() - wall_before)
-    pausing_warnings = server.count(PAUSING)
-    assert server.alive()
 
-    # one client leaves: its descriptor frees, and the server accepts again at once, by itself...
-    freed = time.monotonic()
-    accepted.pop().close()
-    server.wait_log(RECOVERED)
-    resumed_after = time.monotonic() - freed
-    # ...and serves what had been queued
+    # ...and the retrying costs next to nothing: the server's CPU over windows of its back-off, with no
+    # new warning in any (one per episode, not one per retry). Between windows, descriptors are freed:
+    # each time one of its connections closes, the server accepts at once, not at its next retry.
+    # Two close one after the other: the second once the server has closed its end of the first (in
+    # the same step as it wakes its accept loop). Accepting at once, the server has accepted again
+    # before it even sees the second close; a server that merely retried on its back-off (by then
+    # 250 ms) would see both closes first, then accept (the test fails with it unless its retry falls
+    # in the moment between the two closes, three times over). These are events in the server's log,
+    # in order: no time bound.
+    window = 0.6  # a back-off that has stopped doubling (50, 100, 200, 250 ms...) fills it
+    cpu_used = wall = 0.0
+    rounds = 3
+    resumed_after = []
+    for round_ in range(rounds):
+        warnings = server.count(PAUSING)
+        cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+        time.sleep(window)  # the measurement window itself; nothing is being waited for
+        cpu_used += server.cpu_seconds() - cpu_before  # user + system, in clock ticks of 10 ms
+        wall += time.monotonic() - wall_before
+        assert server.count(PAUSING) == warnings, "the 'pausing' warning must be logged once, not once per retry"
+        assert server.alive()
+
+        first, second = accepted.pop(), accepted.pop()
+        freed = time.monotonic()
+        first_port, second_port = first.getsockname()[1], second.getsockname()[1]
+        before = server.count(ACCEPTED)
+        first.shutdown(socket.SHUT_WR)
+        assert first.recv(1) == b""  # the server has closed its end: it has seen the first close
+        second.close()
+        first.close()
+        server.wait_log(ACCEPTED, count=before + 2)  # a waiting client for each descriptor freed
+        resumed_after.append(time.monotonic() - freed)
+        log = server.output()
+        first_closed = log.index(b"connection closed 127.0.0.1:%d\n" % first_port)
+        second_closed = log.index(b"connection closed 127.0.0.1:%d\n" % second_port)
+        resumed = log.index(RECOVERED, first_closed)
+        assert resumed < second_closed, f"round {round_}: accepting resumed only at a retry, not at the close"
+        assert log.index(PAUSING, resumed) < second_closed  # one descriptor, one client, out of them again
+        server.wait_log(PAUSING, count=1 + 2 * (round_ + 1))  # and once more after the second close
+    cpu_share = cpu_used / wall
+
+    # every held client leaves: the queued clients are all accepted and served what they had sent
     for c in accepted:
         c.close()
     for i, c in enumerate(waiting):
@@ -124,21 +225,23 @@ def test_emfile_pauses_quietly_serves_the_connected_and_recovers(serve_process: 
     bystander.close()
 
     events = re.findall(rb"accept failed \(|accepting again", server.output())
+    samples = scrape(metrics)
     record(
         "emfile",
         nofile_limit=limit,
         clients=len(clients),
-        accepted_before_pause=len(accepted),
+        accepted_before_pause=len(accepted) + 2 * rounds,
         server_cpu_percent_while_paused=round(100 * cpu_share, 2),
-        server_cpu_seconds_in_window=round(cpu_used, 3),
-        window_seconds=window,
-        pausing_warnings_during_window=pausing_warnings,
+        server_cpu_seconds_in_windows=round(cpu_used, 3),
+        window_seconds=window * rounds,
         pause_episodes=events.count(b"accept failed ("),
-        resumed_seconds_after_a_descriptor_was_freed=round(resumed_after, 3),
+        accept_pauses_total=samples["yieldio_accept_pauses_total"],
+        resumed_seconds_after_two_descriptors_were_freed=[round(t, 3) for t in resumed_after],
     )
-    assert pausing_warnings == 1, "the 'pausing' warning must be logged once, not once per retry"
     assert cpu_share < 0.30, f"server used {100 * cpu_share:.1f}% of a core while waiting for descriptors"
     # one warning per episode: pausing and recovering alternate, and it ends recovered
     assert events[0] == b"accept failed (" and events[-1] == b"accepting again"
     assert all(a != b for a, b in itertools.pairwise(events)), events
+    # yieldio_accept_pauses_total counts the episodes: at least the first, and one after each round's close
+    assert samples["yieldio_accept_pauses_total"] == events.count(b"accept failed (") >= 1 + 2 * rounds
     server.assert_healthy()
