@@ -16,8 +16,11 @@ before anything listens, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import re
+import selectors
 import socket
 import ssl
 import time
@@ -32,7 +35,18 @@ from yieldio.io.sockets import HANDSHAKE_TIMEOUT
 from yieldio.servers.proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
 from yieldio.servers.proxy_protocol import build_proxy_header
 
-from .harness import SRC, ProcessServers, ServerProcess, connect, recv_exactly, refused_port, roundtrip, serve_command
+from .harness import (
+    SRC,
+    MiB,
+    ProcessServers,
+    ServerProcess,
+    connect,
+    recv_exactly,
+    refused_port,
+    roundtrip,
+    send_until_stalled,
+    serve_command,
+)
 
 METRICS = re.compile(rb"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 PREFIX = b"GOT:"
@@ -184,6 +198,62 @@ def test_the_counters_are_the_traffic_sent(serve_process: ProcessServers, tls: t
     finally:
         for client in clients:
             client.close()
+    server.assert_healthy()
+
+
+def slow_exchange(sock: socket.socket, payload: bytes, read_size: int, timeout: float = 60.0) -> bytes:
+    """Send ``payload`` while reading the replies ``read_size`` bytes at a time (a slow reader: the server's
+    sends keep filling the connection and going out in part), half-close after the last byte; all read until EOF."""
+    sock.setblocking(False)
+    view = memoryview(payload)
+    received = bytearray()
+    sent = 0
+    end = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while True:
+            if sent == len(view) and sel.get_key(sock).events & selectors.EVENT_WRITE:
+                sel.modify(sock, selectors.EVENT_READ)
+                sock.shutdown(socket.SHUT_WR)
+            left = end - time.monotonic()
+            assert left > 0, f"sent {sent}/{len(payload)}, received {len(received)}"
+            for _, events in sel.select(left):
+                if events & selectors.EVENT_WRITE and sent < len(view):
+                    with contextlib.suppress(BlockingIOError):
+                        sent += sock.send(view[sent : sent + 256 * 1024])
+                if events & selectors.EVENT_READ:
+                    try:
+                        chunk = sock.recv(read_size)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        return bytes(received)
+                    received += chunk
+
+
+@pytest.mark.parametrize("loop", ["pure", "default"])
+def test_byte_totals_are_exact_when_a_slow_reader_makes_the_sends_partial(
+    serve_process: ProcessServers, loop: str
+) -> None:
+    # chunk framing, the plain echo: the compiled step's partial send (the rest sent as the pure loop
+    # does), or the pure loop's own slow path; YIELDIO_PURE=1 picks the pure loop in either build
+    env = {"YIELDIO_PURE": "1"} if loop == "pure" else {}
+    server = serve_process.launch(serve_command("--listen", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0"), env=env)
+    (label,) = server.wait_listeners(1)
+    metrics = int(server.wait_log(METRICS).group(1))
+    payload = os.urandom(16 * MiB).replace(b"G", b"g")  # no G: every b"GOT:" in the reply is a prefix
+    with connect(address_of(label)) as client:
+        port = client.getsockname()[1]
+        stalled = send_until_stalled(client, payload)  # not reading: the server is stuck in a send
+        assert stalled < len(payload), "the server never had to wait to send"
+        reply = slow_exchange(client, payload[stalled:], read_size=4096)
+    server.wait_log(b"connection closed 127.0.0.1:%d\n" % port)
+    chunks = reply.split(PREFIX)
+    assert chunks[0] == b"" and b"".join(chunks[1:]) == payload  # nothing lost, nothing repeated
+    sent, received = len(payload), len(reply)  # by the client: the prefixes included in what it received
+    samples = scrape(metrics)
+    assert samples[("yieldio_received_bytes_total", label)] == sent
+    assert samples[("yieldio_sent_bytes_total", label)] == received
     server.assert_healthy()
 
 
