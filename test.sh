@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it: makes .venv (once), installs yieldio with its test extra, then
 # lints (ruff), checks formatting (ruff format), type-checks (mypy --strict) and runs pytest.
-# Any finding fails it. Arguments go to pytest (./test.sh -q tests/test_kernel.py).
+# Any finding fails it. Run whole (no arguments), pytest also measures coverage (pytest-cov; see
+# [tool.coverage] in pyproject.toml) and fails under its floor; arguments go to pytest instead
+# (./test.sh -q tests/test_kernel.py), which then measures nothing.
 #
 # The install is editable and builds the default way: the compiled echo step is built in place
 # (src/yieldio/_speedups.*.so, git-ignored), and the tests expect it to run. So a C compiler and
@@ -28,4 +30,10 @@ if ECHO_LOOP != expected_echo_loop():
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/ruff format --check src tests benchmarks examples
 .venv/bin/mypy --strict src
-exec .venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+# the coverage data in a directory of this run's, not in the tree another run may be using
+coverage_data=$(mktemp -d)
+trap 'rm -rf "$coverage_data"' EXIT
+COVERAGE_FILE="$coverage_data/coverage" .venv/bin/python -m pytest --cov --cov-report=term

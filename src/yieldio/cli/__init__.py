@@ -2,6 +2,9 @@
 
 - :mod:`.serve`: ``yieldio serve``, the echo server on every listener;
 - :mod:`.connect`: ``yieldio connect``, an interactive client on the kernel;
+- :mod:`.load`: ``yieldio load``, load over TCP, TLS, UDP or Unix, every echo checked and timed;
+- :mod:`.report`: ``yieldio report``, saved load results merged into one report;
+- :mod:`.results`: what ``load`` and ``report`` share: counts and histograms, text and JSON;
 - :mod:`.flags`: the parser, ``YIELDIO_*`` variables, logging.
 
 A subcommand's module has ``add_parser(commands)``, which declares its flags and returns
@@ -16,7 +19,7 @@ import os
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import connect, serve
+from . import connect, load, report, serve
 from .flags import CommandParser, setup_logging
 
 
@@ -26,11 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     commands.required = True
     environments = {"serve": serve.add_parser(commands), "connect": connect.add_parser(commands)}
+    load.add_parser(commands)
+    report.add_parser(commands)
     args = parser.parse_args(argv)
     environ = dict(os.environ)
-    environments[args.command].apply(parser, args, environ)
+    if args.command in environments:
+        environments[args.command].apply(parser, args, environ)
     resolve = getattr(args, "resolve", None)
     if resolve is not None:
         resolve(parser, args, environ)
-    setup_logging(args.log_level)
+    setup_logging(getattr(args, "log_level", "warning"))
     return int(args.func(args))

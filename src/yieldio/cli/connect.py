@@ -48,7 +48,6 @@ import argparse
 import fcntl
 import logging
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -58,7 +57,7 @@ from ..core.kernel import Task
 from ..core.runner import SignalRoute, new_kernel
 from ..core.scopes import TaskGroup
 from ..core.traps import cancel, wait_readable, wait_writable
-from ..io.sockets import Socket, format_address, open_connection
+from ..io.sockets import Socket, error_reason, format_address, open_connection
 from .flags import FromEnvironment, add_log_level, connect_port
 
 log = logging.getLogger("yieldio")
@@ -72,15 +71,6 @@ Outcome = tuple[int, str | None]  # exit status, and the line for stderr, if any
 
 class _Failure(Exception):
     """Ends the session with exit status 1 and this message on stderr."""
-
-
-def _reason(error: BaseException) -> str:
-    """The plain reason of an error: 'Connection refused', not the errno and the address again."""
-    if isinstance(error, socket.gaierror):
-        return error.strerror or str(error)
-    if isinstance(error, OSError) and error.errno:
-        return os.strerror(error.errno)
-    return str(error)
 
 
 async def _read(fd: int) -> bytes:
@@ -123,7 +113,7 @@ class _Session:
         try:
             return await _read(self.stdin)
         except OSError as error:
-            raise _Failure(f"cannot read input: {_reason(error)}") from None
+            raise _Failure(f"cannot read input: {error_reason(error)}") from None
 
     async def _send_input(self) -> None:
         while data := await self._read_input():
@@ -132,27 +122,27 @@ class _Session:
             except OSError as error:
                 # The server is gone; the output task will read its EOF (after any
                 # replies still buffered) or the reset, and decide how this ends.
-                log.debug("sending to %s failed: %s", self.peer, _reason(error))
+                log.debug("sending to %s failed: %s", self.peer, error_reason(error))
                 return
         self.input_ended = True
         log.debug("end of input: half-closing the connection to %s", self.peer)
         try:
             self.sock.shutdown_write()
         except OSError as error:
-            log.debug("half-close of %s failed: %s", self.peer, _reason(error))
+            log.debug("half-close of %s failed: %s", self.peer, error_reason(error))
 
     async def _print_replies(self, sender: Task) -> None:
         while True:
             try:
                 data = await self.sock.recv(READ_SIZE)
             except OSError as error:
-                raise _Failure(f"connection to {self.peer} lost: {_reason(error)}") from None
+                raise _Failure(f"connection to {self.peer} lost: {error_reason(error)}") from None
             if not data:
                 break
             try:
                 await _write_all(STDOUT, data)
             except OSError as error:
-                raise _Failure(f"cannot write output: {_reason(error)}") from None
+                raise _Failure(f"cannot write output: {error_reason(error)}") from None
         log.debug("%s closed the connection", self.peer)
         if not self.input_ended:
             self.closed_by_server = True
@@ -165,7 +155,7 @@ async def talk(host: str, port: int, stdin: int | None) -> Outcome:
     try:
         sock = await open_connection(host, port)
     except (OSError, UnicodeError) as error:
-        return 1, f"cannot connect to {peer}: {_reason(error)}"
+        return 1, f"cannot connect to {peer}: {error_reason(error)}"
     log.info("connected to %s", format_address(sock.getpeername()))
     session = _Session(sock, peer, stdin)
     failures: tuple[BaseException, ...] = ()

@@ -88,7 +88,16 @@ import socket
 import threading
 import types
 from collections.abc import Callable, Generator, Sequence
-from ssl import SSLContext, SSLSocket, SSLWantReadError, SSLWantWriteError, TLSVersion, create_default_context
+from ssl import (
+    SSLCertVerificationError,
+    SSLContext,
+    SSLError,
+    SSLSocket,
+    SSLWantReadError,
+    SSLWantWriteError,
+    TLSVersion,
+    create_default_context,
+)
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, cast
 
 from ..core import traps
@@ -493,6 +502,20 @@ def tls_records(sock: SSLSocket) -> TLSRecords:
         _records_fallback_said = True
         log.warning("ssl.SSLSocket has no _sslobj on this Python: TLS echo uses the slower public methods")
     return cast(TLSRecords, sock)
+
+
+def error_reason(error: BaseException) -> str:
+    """The plain reason of a connection's failure, for one line to a person: 'Connection refused',
+    not the errno and the address again; a certificate's verification failure by its cause."""
+    if isinstance(error, SSLCertVerificationError):
+        return f"TLS certificate verification failed: {error.verify_message}"
+    if isinstance(error, SSLError):
+        return f"TLS: {error.reason or error}"
+    if isinstance(error, socket.gaierror):
+        return error.strerror or str(error)
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    return str(error) or type(error).__name__
 
 
 def _delegate(name: str) -> property:
