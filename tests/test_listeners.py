@@ -703,12 +703,39 @@ def test_a_setup_failure_is_one_line_and_leaves_nothing_listening(case: str, cer
             probe.listen()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode (chmod 000 denies nothing)")
-def test_an_unreadable_certificate_is_one_line(certs: Certs, tmp_path: Path) -> None:
+# Root reads a file whatever its mode, by two capabilities: CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH. Run
+# as root (CI is), the server is started without them (util-linux's setpriv takes them out of the bounding
+# and inheritable sets, so the exec cannot give them back), and a file's mode applies to it as to anyone.
+# (Not as another user: the interpreter may live where only root can reach it, under /root.)
+WITHOUT_FILE_OVERRIDES = ["--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+
+
+def unprivileged(command: list[str | bytes]) -> list[str | bytes]:
+    """``command``, as root without the capabilities that ignore file modes; as it is for anyone else."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to run this test as root"
+    return [setpriv, *WITHOUT_FILE_OVERRIDES, *command]
+
+
+def test_an_unreadable_certificate_is_one_line(certs: Certs, tmp_path: Path, serve_process: ProcessServers) -> None:
     locked = tmp_path / "locked.pem"
     shutil.copy(certs.cert, locked)
+    args = ("--listen", "tls://127.0.0.1:0", "--tls-cert", str(locked), "--tls-key", str(certs.key))
+    # the same command serves while the copy can be read: the mode alone is what refuses it below
+    readable = serve_process.launch(unprivileged(serve_command(*args)))
+    assert readable.wait_listeners(1)[0].startswith("tls://127.0.0.1:")
+    readable.kill()
     locked.chmod(0)
-    done = run_serve("--listen", "tls://127.0.0.1:0", "--tls-cert", str(locked), "--tls-key", str(certs.key))
+    done = subprocess.run(
+        unprivileged(yieldio_command("serve", *args)),
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
     assert_one_line(done, 1, "cannot read the TLS certificate", str(locked), "Permission denied")
 
 
