@@ -349,15 +349,30 @@ def _allowing_tls_1_1(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
-def test_tls_below_1_2_is_refused(
+def _old_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(client, server) contexts that allow TLS 1.1, the client trusting ``ca``, the server with a certificate from it."""
+    old_client = _allowing_tls_1_1(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    ca.configure_trust(old_client)
+    old_server = _allowing_tls_1_1(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    ca.issue_cert("localhost").configure_cert(old_server)
+    return old_client, old_server
+
+
+def test_contexts_that_allow_tls_below_1_2_are_refused(ca: trustme.CA) -> None:
+    # whether or not this machine's OpenSSL could still speak TLS 1.1: the context says it may, that is enough
+    old_client, old_server = _old_contexts(ca)
+    with pytest.raises(ValueError, match=r"TLS 1\.2 or newer"):
+        yieldio.run(open_connection("127.0.0.1", 1, ssl=old_client))
+    with yieldio.tcp_listen(("127.0.0.1", 0)) as listener, pytest.raises(ValueError, match=r"TLS 1\.2 or newer"):
+        yieldio.run(yieldio.serve(listener, echo, yieldio.ServerOptions(ssl=old_server)))
+
+
+def test_a_client_offering_only_tls_1_1_is_refused(
     ca: trustme.CA, server_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="yieldio")
-    old_client = _allowing_tls_1_1(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    ca.configure_trust(old_client)
+    old_client, old_server = _old_contexts(ca)
     # Would this machine's OpenSSL speak TLS 1.1 at all? Ask a server that allows it.
-    old_server = _allowing_tls_1_1(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-    ca.issue_cert("localhost").configure_cert(old_server)
     try:
         agreed = _handshake_in_memory(old_server, old_client)
     except ssl.SSLError as error:
@@ -366,13 +381,7 @@ def test_tls_below_1_2_is_refused(
         )
     assert agreed == "TLSv1.1"
 
-    # yieldio refuses contexts that allow it...
-    with pytest.raises(ValueError, match=r"TLS 1\.2 or newer"):
-        yieldio.run(open_connection("127.0.0.1", 1, ssl=old_client))
-    with yieldio.tcp_listen(("127.0.0.1", 0)) as listener, pytest.raises(ValueError, match=r"TLS 1\.2 or newer"):
-        yieldio.run(yieldio.serve(listener, echo, yieldio.ServerOptions(ssl=old_server)))
-
-    # ...and its server refuses a client that offers nothing newer (Python's ssl module as that client).
+    # yieldio's server refuses a client that offers nothing newer (Python's ssl module as that client)
     def old_client_exchange(port: int) -> str:
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         with raw:
