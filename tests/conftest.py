@@ -1,17 +1,56 @@
-"""Fixtures: thin wrappers around tests/harness.py, for tests/ and tests/faults/ alike."""
+"""Fixtures: thin wrappers around tests/harness.py, for tests/ and tests/faults/ alike; and the flagship rule.
+
+The flagship rule: a test marked ``flagship`` stands for one of the project's claims (5,000 connections
+at once; an address that never answers holds up no other). Where the environment cannot run one it is
+skipped, as any test would be, but not under CI (``CI=1`` or ``CI=true``, as CI services set it): there
+the skip is a failure, so that a CI machine that quietly lost the ability to run it does not pass.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
 from .harness import ProcessServers, ServerProcess, ThreadServers
+
+# test_connect's fixture for an address that never answers: every test using it is about that address,
+# and tests nothing without it
+NEEDS_A_BLACK_HOLE = "black_hole"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "flagship: one of the project's claims; under CI (CI=1, CI=true) a skip of it is a failure"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if NEEDS_A_BLACK_HOLE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.flagship)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("flagship") and in_ci():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid}: a flagship test may not be skipped under CI (CI={os.environ['CI']}): {reason}"
+        )
+    return report
 
 
 @pytest.fixture
