@@ -272,6 +272,8 @@ class _Run:
         self.probe_error: str | None = None
         self.measured_since = 0.0  # perf_counter when counting began
         self.measured_until = 0.0
+        self.cpu_since = 0.0  # this process's CPU seconds then
+        self.cpu_seconds = 0.0  # and what it used while counting
 
     async def main(self) -> None:
         load = Load(self.plan, self.tally)
@@ -291,6 +293,7 @@ class _Run:
             await load.run(first)
         finally:
             self.measured_until = time.perf_counter()
+            self.cpu_seconds = _cpu_seconds() - self.cpu_since if self.measured_since else 0.0
             await ticker.cancel()
             self._interval()
 
@@ -298,6 +301,7 @@ class _Run:
         while not self.tally.measuring:
             await sleep(0.01)
         self.measured_since = time.perf_counter()
+        self.cpu_since = _cpu_seconds()
         while True:
             await sleep(INTERVAL)
             self._interval()
@@ -350,13 +354,12 @@ def _run_here(plan: LoadPlan, args: argparse.Namespace, outputs: _Outputs) -> tu
 
     run = _Run(plan, on_interval)
     kernel = new_kernel()
-    cpu = _cpu_seconds()
     with SignalRoute(kernel) as signals, outputs.live(plan), contextlib.suppress(Cancelled):
         kernel.run(run.main)
     if run.probe_error is not None:
         print(f"yieldio load: {run.probe_error}", file=sys.stderr)
         return None, False
-    results = Results(latest, total, run.elapsed, _setup(plan, args), _cpu_seconds() - cpu)
+    results = Results(latest, total, run.elapsed, _setup(plan, args), run.cpu_seconds)
     return results, signals.received is not None
 
 
@@ -400,7 +403,7 @@ def _worker(plan: LoadPlan, out: int) -> int:
     if run.probe_error is not None:
         stream.write(json.dumps({"probe_error": run.probe_error}) + "\n")
         return 2
-    stream.write(json.dumps({"final": True, "elapsed": run.elapsed, "cpu": _cpu_seconds()}) + "\n")
+    stream.write(json.dumps({"final": True, "elapsed": run.elapsed, "cpu": run.cpu_seconds}) + "\n")
     return 0
 
 
