@@ -9,6 +9,15 @@ the edges of the measured window, and stops it by PID.  Each
 server x scenario is repeated and the median is reported, so one noisy run
 does not decide a row.
 
+A run counts only if the load generator saw no error at all (no
+connect failure, mismatched echo, reset or failed handshake) and kept
+every connection it was asked for; any other run is reported as failed
+(with what went wrong), never averaged in.  Each yieldio server must say
+which echo loop it runs (its ``echo loop: compiled|pure`` line): the run
+fails if the line is missing or names another loop than its environment
+asks for (compiled, unless YIELDIO_NO_EXTENSIONS=1 or YIELDIO_PURE=1), and
+the loop is reported with every row.
+
 TLS scenarios run the servers that can serve TLS with a self-signed
 certificate made for this run (the generator does not verify it: both ends
 are ours, on loopback); servers that cannot are skipped for them, not failed.
@@ -29,6 +38,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import selectors
 import shutil
@@ -40,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,13 +96,17 @@ class TlsFiles:
 @dataclass(frozen=True)
 class Server:
     """How to start one echo server; ``argv(host, port)`` gives its command,
-    ``tls(host, port, files)`` the same server over TLS (None: it has no TLS)."""
+    ``tls(host, port, files)`` the same server over TLS (None: it has no TLS).
+    ``echo_loop``: "required" for a yieldio of this checkout, which must log
+    ``echo loop: compiled|pure`` (see expected_echo_loop); "if-logged" for one
+    that may predate that line (recorded when there); None for the others."""
 
     name: str
     argv: Callable[[str, int], list[str]]
     default: bool = True
     description: str = ""
     tls: Callable[[str, int, TlsFiles], list[str]] | None = None
+    echo_loop: str | None = None
 
 
 def _py(script: str, *extra: str) -> Callable[[str, int], list[str]]:
@@ -137,9 +151,14 @@ def _yieldio(level: str, *extra: str, build: str = "pure") -> Callable[[str, int
     return argv
 
 
-def _yieldio_tls(level: str) -> Callable[[str, int, TlsFiles], list[str]]:
+def _yieldio_tls(level: str, build: str = "pure") -> Callable[[str, int, TlsFiles], list[str]]:
+    """The same over TLS, with the same build pinned as the server's plain runs (the TLS echo itself is the
+    same in both builds, but the process says which loop it would run, and that is checked)."""
+
     def argv(host: str, port: int, files: TlsFiles) -> list[str]:
         return [
+            "env",
+            f"YIELDIO_PURE={1 if build == 'pure' else 0}",
             sys.executable,
             "-m",
             "yieldio",
@@ -192,6 +211,7 @@ SERVERS: list[Server] = [
         _yieldio("warning"),
         description="python -m yieldio serve, log level warning",
         tls=_yieldio_tls("warning"),
+        echo_loop="required",
     ),
     Server(
         "yieldio-info",
@@ -199,6 +219,7 @@ SERVERS: list[Server] = [
         default=False,
         description="same with --log-level info (per-connection log lines)",
         tls=_yieldio_tls("info"),
+        echo_loop="required",
     ),
     Server(
         "yieldio-ref",
@@ -206,18 +227,21 @@ SERVERS: list[Server] = [
         default=False,
         description="yieldio from $YIELDIO_REF_SRC (e.g. a git worktree of an earlier commit), log level warning",
         tls=_yieldio_ref_tls,
+        echo_loop="if-logged",
     ),
     Server(
         "yieldio-compiled",
         _yieldio("warning", build="compiled"),
         default=False,
         description="the optional compiled build (YIELDIO_COMPILE=1 pip install -e . first), log level warning",
+        echo_loop="required",
     ),
     Server(
         "yieldio-workers2",
         _yieldio("warning", "--workers", "2"),
         default=False,
         description="same with --workers 2 (give it both CPUs: --server-cpu 0,1 --loadgen-cpu 0,1)",
+        echo_loop="required",
     ),
     Server("tutorial", _py("tutorial.py"), description="python-mastery 8.5 select() scheduler"),
     _asyncio_server("streams", "asyncio"),
@@ -491,6 +515,71 @@ def tail(path: Path, lines: int = 1) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
+ECHO_LOOP_LINE = re.compile(rb"echo loop: (compiled|pure)\b")
+
+
+def expected_echo_loop(env: Mapping[str, str]) -> str:
+    """The echo loop yieldio runs in ``env``: pure when the build was asked to be pure
+    (YIELDIO_NO_EXTENSIONS=1) or the run is (YIELDIO_PURE=1); else compiled, the default build."""
+    return "pure" if "1" in (env.get("YIELDIO_NO_EXTENSIONS"), env.get("YIELDIO_PURE")) else "compiled"
+
+
+def command_env(command: Sequence[str], env: Mapping[str, str]) -> dict[str, str]:
+    """The environment ``command`` runs in when started with ``env``: the assignments of its leading
+    ``env NAME=VALUE ...`` words (how the yieldio servers pin their build; yieldio-ref has two) applied to it."""
+    out = dict(env)
+    words = list(command)
+    while words and words[0] == "env":
+        words.pop(0)
+        while words and "=" in words[0]:
+            name, _, value = words.pop(0).partition("=")
+            out[name] = value
+    return out
+
+
+def logged_echo_loop(log_path: Path, proc: subprocess.Popen[bytes], wait: float) -> str | None:
+    """The loop named by the server's ``echo loop:`` line; waits up to ``wait`` seconds for it (a server
+    with --workers says it once every worker listens), less if the server exits; None if it never came."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            found = ECHO_LOOP_LINE.search(log_path.read_bytes())
+        except OSError:
+            found = None
+        if found:
+            return found.group(1).decode()
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)  # polling a file the server writes; bounded
+
+
+def loadgen_problem(scenario: Scenario, result: Mapping[str, Any]) -> str:
+    """Why the load generator's ``result`` does not count ("" when it does): any error at all (connect
+    failures, mismatched echoes, resets, failed handshakes), or a connection lost. Outside handshake mode
+    every one of the scenario's connections must have connected and still be open at the end (and, idle,
+    have echoed before going idle); in handshake mode each connection is one request and closes by design."""
+    problems = []
+    kinds = (
+        ("connect_failed", "connect failures"),
+        ("mismatches", "mismatched echoes"),
+        ("resets", "resets"),
+        ("handshake_failed", "failed handshakes"),
+    )
+    if result.get("errors", 0) or any(result.get(key, 0) for key, _ in kinds):
+        detail = ", ".join(f"{result.get(key, 0)} {what}" for key, what in kinds if result.get(key, 0))
+        problems.append(f"{result.get('errors', 0)} errors ({detail})")
+    if not scenario.handshakes:
+        conns = result.get("conns", scenario.conns)
+        connected, still_open = result.get("conns_connected", 0), result.get("conns_open_at_end", 0)
+        if connected < conns:
+            problems.append(f"{connected} of {conns} connections connected")
+        if still_open < connected:
+            problems.append(f"{connected - still_open} of {connected} connections lost")
+        if scenario.idle and result.get("idle_ready", 0) < conns:
+            problems.append(f"{result.get('idle_ready', 0)} of {conns} connections echoed before going idle")
+    return "; ".join(problems)
+
+
 # ------------------------------------------------------------------- runs
 
 
@@ -501,8 +590,11 @@ class RunResult:
     server: str
     scenario: str
     repeat: int
-    status: str = "ok"  # ok | failed_to_start | server_died | loadgen_failed
+    # ok | failed_to_start | wrong_echo_loop | server_died | loadgen_failed | loadgen_errors (a result
+    # with errors or lost connections: see loadgen_problem)
+    status: str = "ok"
     error: str = ""
+    echo_loop: str | None = None  # what a yieldio server said it runs: compiled | pure
     loadgen: dict[str, Any] = field(default_factory=dict)
     server_cpu_frac: float | None = None
     rss_base_kib: int | None = None
@@ -621,6 +713,18 @@ def run_one(
                 code = srv.poll()
                 res.error = (f"exit {code}: " if code is not None else "not accepting: ") + tail(log_path)
                 return res
+            if server.echo_loop is not None:
+                wait = READY_TIMEOUT_S if server.echo_loop == "required" else 0.0
+                res.echo_loop = logged_echo_loop(log_path, srv, wait)
+                expected = expected_echo_loop(command_env(server_cmd, env))
+                if server.echo_loop == "required" and res.echo_loop != expected:
+                    res.status = "wrong_echo_loop"
+                    said = f"the {res.echo_loop} one" if res.echo_loop else "nothing (no `echo loop:` line)"
+                    res.error = (
+                        f"expected the {expected} echo loop (YIELDIO_NO_EXTENSIONS/YIELDIO_PURE), it said {said}: "
+                        + tail(log_path)
+                    )
+                    return res
             time.sleep(0.2)  # let the readiness probe's connection be torn down
             res.rss_base_kib = proc_status(srv.pid).get("VmRSS")
 
@@ -686,6 +790,9 @@ def run_one(
             if not res.loadgen:
                 res.status = "loadgen_failed"
                 res.error = (gen.stderr.read().decode(errors="replace").strip() if gen.stderr else "")[-300:]
+            elif problem := loadgen_problem(scenario, res.loadgen):
+                res.status = "loadgen_errors"  # the figures stay in the JSON; no summary uses them
+                res.error = problem
             if srv.poll() is not None:
                 # Dying after the measured window (e.g. on the clients' hang-up)
                 # does not void the figures; it is kept as a note in the JSON.
@@ -737,6 +844,7 @@ def summarize(runs: list[RunResult]) -> list[dict[str, Any]]:
         ok = [r for r in rs if r.valid]
         bad = [r for r in rs if not r.valid]
         row: dict[str, Any] = {"server": server, "scenario": scenario, "runs": len(rs), "valid_runs": len(ok)}
+        row["echo_loop"] = "/".join(sorted({r.echo_loop for r in rs if r.echo_loop})) or None
         if ok:
             lg = [r.loadgen for r in ok]
             # Latency exists only for runs in which requests completed.
@@ -844,7 +952,7 @@ def tls_summary(runs: list[RunResult]) -> dict[str, Any]:
 
 def _load_notes(r: dict[str, Any]) -> str:
     """The notes cell of a row under load: flags, failures, the first error."""
-    notes = []
+    notes = [f"{r['echo_loop']} loop"] if r.get("echo_loop") else []
     if r.get("generator_limited"):
         notes.append("⚠ generator-limited")
     if r.get("other_load"):
@@ -956,7 +1064,9 @@ def markdown(rows: list[dict[str, Any]], ratio_table: dict[str, dict[str, float 
             "|---|---|--:|--:|--:|--:|--:|--:|---|",
         ]
         for r in idle_rows:
-            notes = [f"**{r['status']}**"] if r["status"] != "ok" else []
+            notes = [f"{r['echo_loop']} loop"] if r.get("echo_loop") else []
+            if r["status"] != "ok":
+                notes.append(f"**{r['status']}**")
             if r.get("idle_incomplete_runs"):
                 notes.append(f"{r['idle_incomplete_runs']} run(s) with connections that never echoed")
             if r.get("note"):
@@ -992,6 +1102,7 @@ CSV_FIELDS = [
     "server",
     "scenario",
     "status",
+    "echo_loop",
     "runs",
     "valid_runs",
     "requests_per_s",
@@ -1209,7 +1320,8 @@ def run_all(args: argparse.Namespace, tls_dir: Path) -> int:
                     if r.valid
                     else f"{r.status}: {r.error[:100]}"
                 )
-            print(f"[{n}/{total}] {server_name} {scenario_name} #{rep}: {brief}", file=sys.stderr, flush=True)
+            loop = f" [{r.echo_loop} loop]" if r.echo_loop else ""
+            print(f"[{n}/{total}] {server_name}{loop} {scenario_name} #{rep}: {brief}", file=sys.stderr, flush=True)
 
     elapsed = time.monotonic() - started
     rows = summarize(runs)
@@ -1231,6 +1343,8 @@ def run_all(args: argparse.Namespace, tls_dir: Path) -> int:
         "scenarios": {s.name: asdict(s) for s in SCENARIOS if s.name in args.scenario_list},
         "servers": {s.name: s.description for s in SERVERS if s.name in args.server_list},
         "skipped": skipped,
+        "echo_loops": {r.server: r.echo_loop for r in runs if r.echo_loop},
+        "failed_runs": len([r for r in runs if not r.valid]),
         "tls": tls_summary(runs) if tls_files else None,
         "mib_per_s": "echoed payload one way (requests/s x message size / 2^20)",
     }
@@ -1249,7 +1363,13 @@ def run_all(args: argparse.Namespace, tls_dir: Path) -> int:
     write_csv(args.results_dir / "latest.csv", rows)
     (args.results_dir / "latest.md").write_text(report)
     print(report)
-    print(f"{total} runs in {elapsed:.0f} s; results in {args.results_dir}", file=sys.stderr)
+    failed = [r for r in runs if not r.valid]
+    for r in failed:
+        print(f"failed: {r.server} {r.scenario} #{r.repeat}: {r.status}: {r.error[:200]}", file=sys.stderr)
+    print(
+        f"{total} runs in {elapsed:.0f} s, {len(failed)} failed (not counted); results in {args.results_dir}",
+        file=sys.stderr,
+    )
 
     if not args.no_chart:
         chart = subprocess.run(
