@@ -331,16 +331,11 @@ def recv_exactly_tls(tls: ssl.SSLSocket, size: int) -> bytes:
     return bytes(received)
 
 
-# -- the optional compiled step (YIELDIO_COMPILE=1; CI runs the suite with and without it) ---------
+# -- the compiled step (the default build; CI runs the suite with it and with YIELDIO_NO_EXTENSIONS=1) --
 
 needs_compiled = pytest.mark.skipif(
     compiled_echo_step is None, reason="the compiled step is not in use (a pure build, or YIELDIO_PURE=1)"
 )
-
-
-def test_the_build_asked_for_is_the_one_that_runs() -> None:
-    asked = os.environ.get("YIELDIO_COMPILE") == "1" and os.environ.get("YIELDIO_PURE") != "1"
-    assert (compiled_echo_step is not None) == asked, "reinstall: ./test.sh, or YIELDIO_COMPILE=1 ./test.sh"
 
 
 @needs_compiled
