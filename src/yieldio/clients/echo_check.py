@@ -50,6 +50,12 @@ class Messages:
         self._step = 7919 if framing == "chunk" else 7907  # primes: successive messages overlap little
         self._line = framing == "line"
 
+    def slicing(self) -> tuple[bytes | None, int, int]:
+        """(pool, step, span): message ``n`` is ``pool[s : s + size]`` with ``s = n * step % span``, for a
+        loop that slices them itself; pool is None when messages are more than a slice (lines, datagrams)."""
+        plain = not self._line and not self.head
+        return (self._pool if plain else None), self._step, self._span
+
     def __getitem__(self, n: int) -> bytes:
         start = (n * self._step) % self._span
         body = self._pool[start : start + self.size - self.head - self._line]

@@ -85,7 +85,6 @@ class LoadPlan:
     connect_rate: float | None = None  # new connections per second
     churn: int | None = None  # a new connection every this many requests
     seed: int = 0
-    first_message: int = 0  # this worker's messages are numbered from here, so workers send different ones
 
     @property
     def mode(self) -> Literal["open", "closed"]:
@@ -97,8 +96,6 @@ class Tally:
 
     __slots__ = (
         "behind",
-        "bytes_in",
-        "bytes_out",
         "connections_lost",
         "connections_opened",
         "duplicated",
@@ -111,14 +108,14 @@ class Tally:
         "reordered",
         "requests",
         "sent",
+        "sizes",
     )
 
     def __init__(self) -> None:
         self.measuring = False
         self.requests = 0  # echoes back, checked and counted
-        self.sent = 0  # messages sent while measuring (datagrams: lost or not)
-        self.bytes_out = 0
-        self.bytes_in = 0
+        self.sent = 0  # datagrams sent while measuring, lost or not (a stream's requests are its sends)
+        self.sizes = (0, 0)  # (message, echo) in bytes: the byte counts follow from the request counts
         self.latencies = array("q")  # microseconds, since the last take_latencies()
         self.errors: Counter[str] = Counter()
         self.examples: list[str] = []
@@ -129,6 +126,14 @@ class Tally:
         self.behind = 0  # open loop: requests sent more than 1 ms after their intended time
         self.connections_opened = 0
         self.connections_lost = 0
+
+    @property
+    def bytes_out(self) -> int:
+        return (self.sent or self.requests) * self.sizes[0]
+
+    @property
+    def bytes_in(self) -> int:
+        return self.requests * self.sizes[1]
 
     def take_latencies(self) -> array[int]:
         """The latencies measured since the last call; the array itself is emptied in place, as the
@@ -152,10 +157,13 @@ class Load:
         self.messages = Messages(
             plan.size, plan.prefix, plan.framing, seed=plan.seed, sequenced=plan.target.kind == "udp"
         )
+        tally.sizes = (plan.size, len(plan.prefix) + plan.size)
         self.remaining = plan.requests  # requests not yet started (None: no limit)
         self.addresses: list[AddressInfo] = []
         self.started = 0.0  # perf_counter() when the load began (after connecting)
-        self.inflight: dict[Task, float] = {}  # a connection's task -> when its request was sent
+        # per connection: when its request in flight was sent (0: none), and its task, for the sweep
+        self.inflight = [0.0] * plan.connections
+        self.tasks: list[Task | None] = [None] * plan.connections
         self.connect_turn = 0.0  # with connect_rate: when the next connection may be opened
         self.alive = 0  # connections not lost for good
         self.kernel: Kernel | None = None
@@ -267,9 +275,10 @@ class Load:
         assert self.kernel is not None
         now = time.perf_counter()
         limit = self.plan.timeout
-        for task, since in list(self.inflight.items()):
-            if now - since >= limit:
-                del self.inflight[task]
+        for index, since in enumerate(self.inflight):
+            task = self.tasks[index]
+            if since and now - since >= limit and task is not None:
+                self.inflight[index] = 0.0
                 self.kernel.cancel_nowait(task, RequestTimedOut())
         self.kernel.call_later(self._sweep_every(), self._sweep)
 
@@ -286,7 +295,7 @@ class Load:
     async def _stream(self, index: int, sock: Socket | None) -> None:
         """One connection's loop; on a fault it is counted and the connection opened again."""
         plan, tally = self.plan, self.tally
-        task = await traps.current_task()
+        self.tasks[index] = await traps.current_task()
         schedule = self._schedule(index)
         sent = 0  # requests this connection has started
         try:
@@ -299,7 +308,7 @@ class Load:
                         tally.connections_lost += 1
                         return
                 try:
-                    done = await _stream_requests(self, task, sock, index, sent, schedule)
+                    done = await _stream_requests(self, sock, index, sent, schedule)
                     sent += done
                     if self.remaining is not None and self.remaining <= 0:
                         return
@@ -308,10 +317,11 @@ class Load:
                     if tally.measuring:
                         tally.fault(fault.kind, fault.detail)
                 finally:
-                    self.inflight.pop(task, None)
+                    self.inflight[index] = 0.0
                     sock.close()
                     sock = None
         finally:
+            self.tasks[index] = None
             self._gone()
 
     # -- a datagram socket ------------------------------------------------------------
@@ -342,16 +352,21 @@ class _ConnectionFault(Exception):
 
 @types.coroutine
 def _stream_requests(
-    load: Load, task: Task, client: Socket, index: int, sent: int, schedule: Callable[[int], float] | None
+    load: Load, client: Socket, index: int, sent: int, schedule: Callable[[int], float] | None
 ) -> Generator[Any, Any, int]:
     """Requests over one connection until churn ends it (returns how many), the tickets run out, or a
-    fault (:class:`_ConnectionFault`). Dense on purpose: it is what limits the load
-    a process can send, so everything it touches per request is a local, and the common echo
-    (one read, exactly ``prefix + message``) is checked by one comparison."""
+    fault (:class:`_ConnectionFault`).
+
+    Dense on purpose: this loop is what limits the load one process can send, so what it touches
+    per request is a local; a message is a slice of the random pool, made here rather than by a
+    call; the common echo (one read, exactly ``prefix + message``) is checked by one comparison;
+    and the tally keeps one counter per request (the byte counts follow from it).
+    """
     plan, tally, messages = load.plan, load.tally, load.messages
-    prefix, churn = plan.prefix, plan.churn
+    prefix, churn, size = plan.prefix, plan.churn, plan.size
+    pool, step, span = messages.slicing()  # None: not plain random bytes (line framing)
     stride = plan.connections
-    number = plan.first_message + index + sent * stride  # message numbers: each connection its own
+    number = index + sent * stride  # message numbers: each connection its own
     sock = client.socket
     readable = client.readable
     inflight = load.inflight
@@ -359,20 +374,29 @@ def _stream_requests(
     latencies = tally.latencies
     done = 0
     try:
-        while load._take_ticket():
-            message = messages[number]
+        while True:
+            if load.remaining is not None:  # -n: a ticket per request, shared by every connection
+                if load.remaining <= 0:
+                    return done
+                load.remaining -= 1
+            if pool is None:
+                message = messages[number]
+            else:
+                start = number * step % span
+                message = pool[start : start + size]
             number += stride
             expected = prefix + message
+            now = clock()
             if schedule is None:
-                began = clock()
+                began = now
             else:
                 began = schedule(sent + done)
-                now = clock()
                 if began > now:
                     yield from _sleep_until(began)
+                    now = clock()
                 elif now - began > 0.001 and tally.measuring:
                     tally.behind += 1
-            inflight[task] = clock()
+            inflight[index] = now
             try:
                 n = sock.send(message)
             except BlockingIOError:
@@ -384,17 +408,13 @@ def _stream_requests(
             if data != expected:
                 yield from _slow_echo(client, message, prefix, data, sent + done)
             ended = clock()
-            del inflight[task]
+            inflight[index] = 0.0
             done += 1
             if tally.measuring:
                 tally.requests += 1
-                tally.sent += 1
-                tally.bytes_out += len(message)
-                tally.bytes_in += len(expected)
                 latencies.append(int((ended - began) * 1e6))
             if churn and done % churn == 0:
                 return done
-        return done
     except RequestTimedOut:
         raise _ConnectionFault("timeout", f"no echo within {plan.timeout:g}s", done) from None
     except ssl.SSLError as error:
@@ -463,7 +483,7 @@ class _DatagramFlow:
     async def _send(self) -> None:
         load, plan = self.load, self.load.plan
         schedule = load._schedule(self.index)
-        stride, number = plan.connections, plan.first_message + self.index
+        stride, number = plan.connections, self.index
         i = 0
         try:
             while load._take_ticket():
@@ -483,7 +503,6 @@ class _DatagramFlow:
                 await self.sock.send(datagram)
                 if load.tally.measuring:
                     load.tally.sent += 1
-                    load.tally.bytes_out += len(datagram)
                 number += stride
                 i += 1
         finally:
@@ -523,7 +542,6 @@ class _DatagramFlow:
             self.highest = max(self.highest, number)
             if tally.measuring:
                 tally.requests += 1
-                tally.bytes_in += len(reply)
                 tally.latencies.append(int((ended - timing[0]) * 1e6))
             self._free_slot()
 
