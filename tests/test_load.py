@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pexpect  # type: ignore[import-untyped]
 import pytest
 import trustme
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped,unused-ignore]
@@ -591,25 +592,56 @@ def test_sigint_gives_the_report_so_far_and_exit_130(
 HIDDEN = 'raise ModuleNotFoundError("No module named {name!r}", name={name!r})\n'
 
 
-@pytest.mark.parametrize("missing", [("hdrh",), ("rich",), ("hdrh", "rich")], ids=["hdrhistogram", "rich", "both"])
-def test_without_the_load_extra_one_line_names_it(
-    serve_process: ProcessServers, tmp_path: Path, missing: tuple[str, ...]
-) -> None:
-    # A package that raises ModuleNotFoundError from its __init__, first on the path, is to every import
-    # what a package that is not installed is (hdrhistogram's import name is hdrh).
+def without(tmp_path: Path, *missing: str) -> dict[str, str]:
+    """An environment in which ``missing`` packages are not there, to every import.
+
+    A package whose __init__ raises ModuleNotFoundError, first on the path, is to an import what a package
+    that is not installed is (hdrhistogram's import name is hdrh)."""
     hidden = tmp_path / "hidden"
     for name in missing:
         (hidden / name).mkdir(parents=True)
         (hidden / name / "__init__.py").write_text(HIDDEN.format(name=name))
     env = python_env() | {"PYTHONPATH": os.pathsep.join([str(hidden), str(SRC)])}
-    probe = subprocess.run(
-        [sys.executable, "-c", f"import {missing[0]}"], env=env, capture_output=True, timeout=30, check=False
-    )
-    assert probe.returncode == 1 and b"ModuleNotFoundError" in probe.stderr, probe.stderr  # the stub works
+    for name in missing:
+        probe = subprocess.run(
+            [sys.executable, "-c", f"import {name}"], env=env, capture_output=True, timeout=30, check=False
+        )
+        assert probe.returncode == 1 and b"ModuleNotFoundError" in probe.stderr, probe.stderr  # the stub works
+    return env
+
+
+def assert_names_the_extra(returncode: int | None, text: str, describe: str) -> None:
+    assert returncode not in (0, None), describe
+    assert "Traceback" not in text, describe
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "yieldio[load]" in lines[0], describe
+
+
+@pytest.mark.parametrize("missing", [("hdrh",), ("hdrh", "rich")], ids=["hdrhistogram", "hdrhistogram-and-rich"])
+def test_without_hdrhistogram_one_line_names_the_extra(
+    serve_process: ProcessServers, tmp_path: Path, missing: tuple[str, ...]
+) -> None:
     _, url = serve(serve_process, "tcp://127.0.0.1:0")
+    saved = tmp_path / "saved.json"
+    assert run_yieldio("load", url, "-n", "10", "--json", str(saved)).returncode == 0  # with everything installed
+    env = without(tmp_path, *missing)
     load = run_yieldio("load", url, "-n", "10", env=env)
-    text = load.stderr.decode(errors="replace")
-    assert load.returncode not in (0, None), load.describe()
-    assert "Traceback" not in text, load.describe()
-    lines = text.strip().splitlines()
-    assert len(lines) == 1 and "yieldio[load]" in lines[0], load.describe()
+    assert_names_the_extra(load.returncode, load.stderr.decode(errors="replace"), load.describe())
+    report = run_yieldio("report", str(saved), env=env)  # a saved histogram is read with hdrhistogram too
+    assert_names_the_extra(report.returncode, report.stderr.decode(errors="replace"), report.describe())
+
+
+def test_without_rich_a_run_on_a_terminal_says_one_line_naming_the_extra(
+    serve_process: ProcessServers, tmp_path: Path
+) -> None:
+    # rich draws the live table, which only a terminal gets: off a terminal (every other test) it is not needed
+    env = without(tmp_path, "rich")
+    _, url = serve(serve_process, "tcp://127.0.0.1:0")
+    command = yieldio_command("load", url, "-n", "10")
+    terminal = pexpect.spawn(os.fsdecode(command[0]), [os.fsdecode(word) for word in command[1:]], env=env, timeout=20)
+    try:
+        terminal.expect(pexpect.EOF)
+        output = terminal.before.decode(errors="replace")
+    finally:
+        terminal.close(force=True)  # by its PID; reaps it
+    assert_names_the_extra(terminal.exitstatus, output, f"exit {terminal.exitstatus}:\n{output}")
