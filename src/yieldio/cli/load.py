@@ -516,6 +516,8 @@ class _Outputs:
         # with --json - (or --json-lines -), stdout holds JSON only: the person's view goes to stderr
         json_on_stdout = "-" in (args.json, args.json_lines)
         self.human: TextIO = sys.stderr if json_on_stdout else sys.stdout
+        if self.human.isatty():
+            require("rich.live")  # the live view: said now, before any file is made or load sent
         self.files: list[IO[str]] = []
         self.json_lines: TextIO | None = self._open(args.json_lines)
         self.hdr_log: Any = None

@@ -399,12 +399,15 @@ def _stream_requests(
             inflight[index] = now
             try:
                 n = sock.send(message)
-            except BlockingIOError:
-                n = 0
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                n = 0  # (a TLS send takes all or nothing, and is then repeated whole)
             if n < len(message):
                 yield from client.send_rest(memoryview(message)[n:])
             yield readable
-            data = sock.recv(RECV_SIZE)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # TLS: half a record so far
+                data = yield from client.recv(RECV_SIZE)
             if data != expected:
                 yield from _slow_echo(client, message, prefix, data, sent + done)
             ended = clock()
