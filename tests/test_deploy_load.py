@@ -14,8 +14,6 @@ import re
 import subprocess
 from typing import Any
 
-import pytest
-
 from .harness import python_env, yieldio_command
 from .test_deploy import (
     CONTAINERFILE,
@@ -176,10 +174,6 @@ def test_each_pod_writes_its_own_report_to_a_claim_all_can_mount() -> None:
     assert pod_spec()["securityContext"].get("fsGroup") == pod_spec()["securityContext"]["runAsGroup"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deploy/Containerfile builds .[metrics] only; the Job needs .[metrics,load] (remove this mark then)",
-)
 def test_the_image_has_the_load_extra() -> None:
     # `yieldio load` needs yieldio[load] (hdrhistogram, rich); the Job runs the echo server's image
     build = parse_containerfile(CONTAINERFILE.read_text())[0]
