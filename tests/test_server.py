@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
@@ -80,8 +79,35 @@ def test_connection_is_closed_when_the_handler_returns(serve_thread: ThreadServe
         assert recv_all(c) == b"bye"
 
 
+def wait_accept_queue(port: int, length: int, timeout: float = 10.0) -> None:
+    """Wait until the listening TCP socket on ``port`` holds ``length`` connections not yet accepted.
+
+    connect() returns before the server's kernel has queued the connection (the client's last ACK is
+    processed after), so a test that needs it queued waits for that. The kernel's own count (the
+    listener's rx_queue in /proc/net/tcp), polled: nothing tells when it changes.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        queued = [int(row[4].split(":")[1], 16) for row in rows if row[3] == "0A" and row[1].endswith(f":{port:04X}")]
+        if queued == [length]:
+            return
+        assert time.monotonic() < end, f"listener on {port}: {queued} connections queued, {length} wanted"
+        time.sleep(0.005)
+
+
 def test_max_clients_holds_new_clients_in_the_backlog(serve_thread: ThreadServers) -> None:
-    server = serve_thread(upper, max_clients=2)
+    events: list[tuple[str, int]] = []  # in the server's own order: a connection's handler starting, ending
+
+    async def recording_upper(client: Socket, address: Any) -> None:
+        events.append(("start", address[1]))
+        try:
+            await upper(client, address)
+        finally:
+            events.append(("end", address[1]))
+
+    server = serve_thread(recording_upper, max_clients=2)
     first = connect(server.address)
     second = connect(server.address)
     for c in (first, second):
@@ -89,18 +115,24 @@ def test_max_clients_holds_new_clients_in_the_backlog(serve_thread: ThreadServer
         assert recv_exactly(c, 2) == b"IN"
     third = connect(server.address)  # completes in the backlog
     third.sendall(b"waiting")
-    third.settimeout(0.3)
-    with pytest.raises(socket.timeout):
-        third.recv(10)  # not served while two are open (a bounded wait for a non-event)
+    wait_accept_queue(server.address[1], 1)  # the kernel holds it, ready to be accepted
+    # Then two round trips on the second client: the server polls, finds the listener readable, and runs
+    # whatever waits for that, and whatever that started, before it answers the second round trip. So a
+    # server that would accept the third has done so, and started its handler, by then.
+    for _ in range(2):
+        second.sendall(b"meanwhile")
+        assert recv_exactly(second, 9) == b"MEANWHILE"
+    one, two, three = (c.getsockname()[1] for c in (first, second, third))
     first.close()
-    third.settimeout(5)
     assert recv_exactly(third, 7) == b"WAITING"
+    # not served while two were open (an order of events, not a wait for nothing to happen)
+    assert events == [("start", one), ("start", two), ("end", one), ("start", three)]
     second.close()
     third.close()
 
 
 def test_idle_timeout_closes_silent_connections_only(serve_thread: ThreadServers) -> None:
-    server = serve_thread(upper, idle_timeout=0.3)
+    server = serve_thread(upper, idle_timeout=1.0)  # 20 times the chatty client's pace: a stall can't reach it
     silent = connect(server.address)
     chatty = connect(server.address)
     stop = threading.Event()
@@ -132,16 +164,21 @@ def test_idle_timeout_closes_silent_connections_only(serve_thread: ThreadServers
 
 
 def test_handler_may_sleep_and_server_keeps_accepting(serve_thread: ThreadServers) -> None:
+    clients = 20
+    arrived: list[Any] = []
+
     async def slow(client: Socket, address: Any) -> None:
-        await sleep(0.2)
-        await client.sendall(b"slow")
+        arrived.append(address)
+        # sleep until every client has arrived: only a server that accepts while its handlers sleep gets there
+        for _ in range(200):
+            if len(arrived) == clients:
+                await client.sendall(b"all here")
+                return
+            await sleep(0.05)
+        await client.sendall(b"alone")
 
     server = serve_thread(slow)
-    started = time.monotonic()
-    clients = [connect(server.address) for _ in range(20)]
-    assert [recv_all(c) for c in clients] == [b"slow"] * 20
-    elapsed = time.monotonic() - started
-    for c in clients:
+    connected = [connect(server.address) for _ in range(clients)]
+    assert [recv_all(c) for c in connected] == [b"all here"] * clients
+    for c in connected:
         c.close()
-    # the 20 sleeps overlap: one after the other they would take 4 s
-    assert elapsed < 2.0, f"20 clients took {elapsed:.1f}s"

@@ -114,7 +114,18 @@ def test_max_clients_and_backlog_flags_hold_new_clients_until_one_leaves(serve_p
     waiting = [connect(server.address) for _ in range(3)]  # each completes its handshake in the backlog
     for i, c in enumerate(waiting):
         c.sendall(b"waiting %d" % i)
-    assert listen_queue(server.port) == (3, 7)  # the kernel holds them: the server has not accepted them
+    # the kernel holds them, ready to be accepted (connect() returns before the server's side has queued
+    # its connection: the kernel's count, polled, as nothing says when it changes)
+    end = time.monotonic() + 10
+    while (queue := listen_queue(server.port)) != (3, 7):
+        assert time.monotonic() < end, f"(queued, backlog) = {queue}, (3, 7) wanted"
+        time.sleep(0.01)
+    # Then two round trips on a client it serves: the server polls, finds its listener readable, runs what
+    # waits for that (and what that starts) before it answers the second. A server that would accept a
+    # waiting client has done so, and logged it, by then; this one must not have.
+    for _ in range(2):
+        roundtrip(served[1], b"meanwhile", b"GOT:meanwhile")
+    assert listen_queue(server.port) == (3, 7)
 
     # each client that leaves lets exactly the next one in, in the order they came
     for i, c in enumerate(waiting):
