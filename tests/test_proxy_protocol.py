@@ -530,7 +530,7 @@ def test_read_proxy_header_times_out_with_a_protocol_error() -> None:
 
     message, elapsed = yieldio.run(main)
     assert message == "no complete PROXY header within 0.05s (14 bytes received)"
-    assert 0.04 < elapsed < 1.0
+    assert 0.04 < elapsed < 5.0  # the deadline's, not early; the upper bound only says it did not hang
 
 
 def test_an_outer_timeout_is_not_reported_as_the_headers() -> None:
@@ -567,4 +567,4 @@ def test_read_proxy_header_fails_at_once_without_waiting_for_the_timeout(
             assert message in str(raised.value)
             return time.monotonic() - started
 
-    assert yieldio.run(main) < 1.0
+    assert yieldio.run(main) < 5.0  # half the 10 s deadline: wide, for a busy machine, and still not it

@@ -25,7 +25,12 @@ from ..harness import (
 
 SLOW_CLIENTS = 500
 TRICKLE_SECONDS = 4
-LATENCY_BOUND = 0.200  # seconds, for the slowest round trip of the normal client
+# The normal client's round trips while the tricklers trickle: the 99th percentile must stay short, and
+# the slowest well under the tricklers' one-second tick (a server that waited on a trickler's unfinished
+# line would hold it for the rest of their TRICKLE_SECONDS). The slowest alone is not held to 200 ms:
+# over thousands of round trips, a busy 2-core machine deschedules one now and then.
+P99_BOUND = 0.200
+WORST_BOUND = 1.0
 
 
 @pytest.mark.timeout(60)
@@ -82,10 +87,12 @@ def test_slowloris_tricklers_do_not_slow_a_normal_client(serve_process: ProcessS
         latency_p50_ms=round(1000 * p50, 3),
         latency_p99_ms=round(1000 * p99, 3),
         latency_max_ms=round(1000 * worst, 3),
-        bound_max_ms=1000 * LATENCY_BOUND,
+        bound_p99_ms=1000 * P99_BOUND,
+        bound_max_ms=1000 * WORST_BOUND,
     )
     assert len(latencies) >= 100
-    assert worst < LATENCY_BOUND, f"slowest round trip {1000 * worst:.1f} ms"
+    assert p99 < P99_BOUND, f"99th percentile round trip {1000 * p99:.1f} ms"
+    assert worst < WORST_BOUND, f"slowest round trip {1000 * worst:.1f} ms"
     server.assert_healthy()
 
 
