@@ -675,6 +675,7 @@ SERVE_FLAGS = (
     "--tls-key",
     "--proxy-protocol",
     "--proxy-timeout",
+    "--tls-handshake-timeout",
     "--metrics",
     "--prefix",
     "--framing",

@@ -96,7 +96,7 @@ def test_an_address_that_never_answers_does_not_hold_up_the_next(
     peer, took, before, after = yieldio.run(main)
     assert peer == fast
     assert took >= delay  # the second attempt waited its turn (a kernel timer never fires early)
-    assert took < 1.0  # and did not wait for the first (whose SYN is retried after 1 s)
+    assert took < 5.0  # and did not wait for the first, which never connects (its SYN goes unanswered)
     assert after == before  # the black hole's attempt was closed
 
 

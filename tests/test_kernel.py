@@ -84,7 +84,7 @@ def test_sleep_accuracy_and_ordering_by_deadline() -> None:
     yieldio.run(main)
     assert [name for name, _ in woke] == ["fast", "mid", "slow"]
     for (name, elapsed), wanted in zip(woke, (0.03, 0.06, 0.12), strict=True):
-        assert wanted <= elapsed < wanted + 0.1, (name, elapsed)
+        assert wanted <= elapsed < wanted + 1.0, (name, elapsed)  # never early; late only by a busy machine
 
 
 def test_join_returns_result_or_raises_in_both_styles() -> None:
@@ -153,7 +153,7 @@ def test_cancel_a_sleeping_task_and_one_that_never_started() -> None:
         await sleep(0)  # both run first and park in their sleep
         started = time.monotonic()
         await sleeping.cancel()
-        assert time.monotonic() - started < 1  # not a wait for its 100 s timer
+        assert time.monotonic() - started < 5  # not a wait for its 100 s timer
         assert isinstance(sleeping.exception, Cancelled)
         fresh = await spawn(sleeper())
         assert await fresh.cancel() is True  # before it ever ran
@@ -223,7 +223,7 @@ def test_timeout_after_raises_task_timeout_and_leaves_time_for_cleanup() -> None
 
     elapsed = yieldio.run(main)
     assert cleaned == [True]
-    assert 0.05 <= elapsed < 0.5
+    assert 0.05 <= elapsed < 5  # at its deadline, not the 10 s sleep's end
     assert issubclass(TaskTimeout, TimeoutError)
 
 
@@ -314,7 +314,7 @@ def test_task_group_error_cancels_siblings_and_body() -> None:
                 await group.spawn(fails())
                 await group.spawn(long_running("sibling"))
                 await long_running("body")
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 5  # the sibling and the body were cancelled, not waited for (10 s)
         assert [type(e) for e in caught.value.exceptions] == [ValueError]
 
     yieldio.run(main)
