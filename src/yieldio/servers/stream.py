@@ -364,7 +364,8 @@ def _accept_forever(listener: Socket, connections: _Connections) -> Generator[An
                     raise
                 if not pause:
                     connections.stats.accept_pauses += 1
-                    log.warning("accept failed (%s): pausing until resources free up", error.strerror)
+                    where = format_address(listener.getsockname())  # several listeners may share the log
+                    log.warning("accept failed (%s) on %s: pausing until resources free up", error.strerror, where)
                 pause = min(pause * 2 or 0.05, _LONGEST_PAUSE)
                 yield from _until_a_connection_ends(connections, pause)
                 break
