@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it: makes .venv (once), installs yieldio with its test extra, then
-# lints (ruff), checks formatting (ruff format), type-checks (mypy --strict) and runs pytest.
+# lints (ruff), checks formatting (ruff format), type-checks src and tests (mypy --strict) and runs pytest.
 # Any finding fails it. Run whole (no arguments), pytest also measures coverage (pytest-cov; see
 # [tool.coverage] in pyproject.toml) and fails under its floor; arguments go to pytest instead
 # (./test.sh -q tests/test_kernel.py), which then measures nothing.
@@ -29,7 +29,7 @@ if ECHO_LOOP != expected_echo_loop():
 '
 .venv/bin/ruff check src tests benchmarks examples
 .venv/bin/ruff format --check src tests benchmarks examples
-.venv/bin/mypy --strict src
+.venv/bin/mypy --strict src tests
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi

@@ -86,7 +86,7 @@ def test_ipv6_server(serve_process: ProcessServers) -> None:
 
 
 def _many_clients(address: tuple[str, int], count: int) -> int:
-    clients = []
+    clients: list[socket.socket] = []
     try:
         clients.extend(socket.create_connection(address, timeout=20) for _ in range(count))
         for i, c in enumerate(clients):

@@ -619,7 +619,7 @@ class EmulatedStage:
         for container_path in sorted(self.moved, key=len, reverse=True):
             standing = str(self.moved[container_path])
             pattern = rf"(?<![\w./-]){re.escape(container_path)}(?=[/\s\"']|$)"
-            command = re.sub(pattern, lambda _, standing=standing: standing, command)
+            command = re.sub(pattern, standing.replace("\\", "\\\\"), command)
         env = dict(self.env)
         env["PATH"] = f"{self.tools}{os.pathsep}{env.get('PATH', os.defpath)}"
         if not all(self.packages & providers for providers in BASE_IMAGE_LACKS.values()):

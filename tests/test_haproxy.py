@@ -59,7 +59,7 @@ class Balancer:
     def peer_of(self, local_port: int) -> tuple[str, int] | None:
         """Where HAProxy's TCP socket on ``local_port`` is connected to, if it holds one."""
         sockets = self.process.ps.net_connections(kind="tcp")
-        return next((tuple(c.raddr) for c in sockets if c.laddr.port == local_port and c.raddr), None)
+        return next(((c.raddr.ip, c.raddr.port) for c in sockets if c.laddr.port == local_port and c.raddr), None)
 
     def assert_healthy(self) -> None:
         assert self.process.alive(), f"haproxy died:\n{self.process.tail()}"

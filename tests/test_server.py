@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ async def upper(client: Socket, address: Any) -> None:
         await client.sendall(data.upper())
 
 
-def gen_upper(client: Socket, address: Any):
+def gen_upper(client: Socket, address: Any) -> Generator[Any, Any, None]:
     while True:
         data = yield from client.recv(1000)
         if not data:

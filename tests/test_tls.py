@@ -133,7 +133,8 @@ def test_open_connection_with_ssl_against_yieldio_server(
     async def client(port: int) -> tuple[bytes, str]:
         if style == "coroutine":
             return await coroutine_client(port)
-        return await traps.run_awaitable(generator_client(port))
+        outcome: tuple[bytes, str] = await traps.run_awaitable(generator_client(port))
+        return outcome
 
     reply, version = serve_and_run(echo, client, server_context)
     assert reply == b"ping"
@@ -309,7 +310,7 @@ def test_idle_timeout_and_byte_counts_work_over_tls(
         async with await open_connection("127.0.0.1", port, ssl=client_context, server_hostname="localhost") as sock:
             await sock.sendall(b"12345")
             assert await read_exactly(sock, 5) == b"12345"
-            eof = await timeout_after(10, sock.recv(100))  # then silence, until the idle timeout closes it
+            eof: bytes = await timeout_after(10, sock.recv(100))  # then silence, until the idle timeout closes it
         if not counts:
             await traps.park(waiting)
         return eof
