@@ -15,6 +15,7 @@ import pytest
 import yieldio
 from yieldio import Cancelled, Kernel, TaskGroup, TaskTimeout, sleep, spawn, tasks, timeout_after
 from yieldio.core.instrument import describe
+from yieldio.core.kernel import CountedTask
 from yieldio.core.poller import SelectorPoller
 
 from .harness import raise_nofile
@@ -541,3 +542,125 @@ def test_work_handed_over_by_a_thread_that_has_already_ended_is_run_not_called_a
         return got
 
     assert kernel.run(main) == [7]
+
+
+# -- watching: step counts and step mode (what a monitor drives) ---------------------------------
+
+
+def steps_of(task: yieldio.Task) -> int:
+    assert isinstance(task, CountedTask), f"{task!r} is not a watched kernel's task"
+    return task.steps
+
+
+def test_only_a_watched_kernel_counts_steps_and_its_tasks_alone_carry_the_counters() -> None:
+    def worker(rounds: int) -> Generator[Any, Any, None]:
+        for _ in range(rounds):
+            yield from sleep(0)
+
+    plain = Kernel()
+    unwatched = plain.spawn(worker(3))
+    plain.run()
+    assert type(unwatched) is yieldio.Task and not hasattr(unwatched, "steps")
+
+    kernel = Kernel()
+    kernel.watch()
+    watched = kernel.spawn(worker(3))
+    kernel.run()
+    assert steps_of(watched) == 4  # three sleeps, and the resumption that returns
+
+    late = Kernel()
+    late.spawn(worker(1))
+    with pytest.raises(RuntimeError, match="before its first task"):
+        late.watch()
+
+
+def test_step_mode_runs_one_ready_task_per_step_in_queue_order_and_release_lets_the_rest_run() -> None:
+    kernel = Kernel()
+    kernel.watch()
+    ran: list[str] = []
+
+    def worker(name: str) -> Generator[Any, Any, None]:
+        for i in range(3):
+            ran.append(f"{name}{i}")
+            yield from sleep(0)
+
+    a, b = kernel.spawn(worker("a")), kernel.spawn(worker("b"))
+    kernel.hold()
+    stepped: list[tuple[str, list[str]]] = []
+
+    async def conductor() -> None:  # a daemon: step mode does not hold it
+        for _ in range(4):
+            done: list[yieldio.Task | None] = []
+            kernel.step(done.append)
+            while not done:
+                await sleep(0)
+            task = done[0]
+            assert task is not None
+            stepped.append(("a" if task is a else "b", list(ran)))
+            assert kernel.ready_queue()[-1] is task  # back at the end of the queue, as sleep(0) puts it
+        kernel.release()
+
+    kernel.spawn(conductor(), name="conductor", daemon=True)
+    kernel.run()
+    assert a.done and b.done
+    # each step ran exactly one step of the first ready task, the two workers taking turns
+    assert stepped == [
+        ("a", ["a0"]),
+        ("b", ["a0", "b0"]),
+        ("a", ["a0", "b0", "a1"]),
+        ("b", ["a0", "b0", "a1", "b1"]),
+    ]
+    assert ran == ["a0", "b0", "a1", "b1", "a2", "b2"]  # released: the rest, in the same order
+
+
+def test_a_step_with_nothing_ready_says_so_at_once_and_shutdown_ends_step_mode() -> None:
+    kernel = Kernel()
+    kernel.watch()
+    answers: list[yieldio.Task | None] = []
+    finished: list[str] = []
+
+    async def sleeper() -> None:
+        try:
+            await sleep(60)
+        finally:
+            finished.append("sleeper cleaned up")
+
+    async def conductor() -> None:
+        await sleep(0.01)  # the sleeper is parked: nothing is ready
+        kernel.hold()
+        kernel.step(answers.append)
+        assert answers == [None]
+        kernel.shutdown()  # cancels the sleeper, which must run to clean up: step mode ends
+        assert not kernel.holding
+
+    kernel.spawn(sleeper())
+    kernel.spawn(conductor(), daemon=True)
+    kernel.run()
+    assert finished == ["sleeper cleaned up"]
+
+
+def test_hold_needs_a_watched_kernel() -> None:
+    with pytest.raises(RuntimeError, match="watched kernel"):
+        Kernel().hold()
+
+
+def test_a_joiner_woken_by_the_end_of_the_task_it_joins_is_reported_to_instruments() -> None:
+    woken: list[tuple[str, str]] = []
+    children: list[yieldio.Task] = []
+
+    class Wakes(yieldio.core.hooks.Instrument):
+        def task_woken(self, task: yieldio.Task, why: str) -> None:
+            woken.append((task.name, why))
+
+    async def child() -> int:
+        await sleep(0)
+        return 1
+
+    async def parent() -> int:
+        children.append(await spawn(child()))
+        return int(await children[0].join())
+
+    kernel = Kernel()
+    kernel.add_instrument(Wakes())
+    assert kernel.run(parent) == 1
+    assert [why for name, why in woken if name == "parent"] == [f"task {children[0].id} ended"]
