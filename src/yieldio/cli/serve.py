@@ -18,11 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..compiled import ECHO_LOOP
-from ..core.runner import run
+from ..core.runner import Extension, run
 from ..io.sockets import HANDSHAKE_TIMEOUT
 from ..io.urls import BadListenURL, ListenURL, parse_listen_list, parse_listen_url
 from ..observe.metrics import MetricsUnavailable, make_registry, prometheus
 from ..observe.metrics import make_handler as make_metrics_handler
+from ..observe.tracefile import trace_file
 from ..servers.echo import DEFAULT_MAX_LINE, make_echo_handler
 from ..servers.listeners import (
     EchoOptions,
@@ -162,6 +163,15 @@ def add_parser(commands: Any) -> FromEnvironment:
         action="store_true",
         help="print every scheduling event to stderr",
     )
+    env.add(
+        serve,
+        "--trace-file",
+        "YIELDIO_TRACE_FILE",
+        None,
+        metavar="FILE",
+        help="write the scheduling events to FILE as a Chrome trace, for Perfetto's UI "
+        "(with --workers, one file per worker: its pid is added to the name)",
+    )
     add_log_level(serve, env, "info")
     serve.set_defaults(func=serve_command, resolve=resolve_listen_urls)
     return env
@@ -199,6 +209,8 @@ def serve_command(args: argparse.Namespace) -> int:
             prometheus()  # the optional extra is there, or one line now, before anything listens
             if reuse_port:
                 raise SetupError("--metrics with --workers is not supported: each worker counts only its own traffic")
+        if args.trace_file:
+            _check_writable(args.trace_file, reuse_port)
         listeners = open_listeners(urls, backlog=args.backlog, reuse_port=reuse_port)
     except (SetupError, MetricsUnavailable) as error:
         print(f"yieldio: {error}", file=sys.stderr)
@@ -243,7 +255,10 @@ def serve_command(args: argparse.Namespace) -> int:
                 endpoint = (metrics[0], make_metrics_handler(registry))
             await serve_all(listeners, options, endpoint)
 
-        run(echo_server, trace=args.trace)
+        extensions: list[Extension] = []
+        if args.trace_file:
+            extensions.append(trace_file(_trace_path(args.trace_file, reuse_port)))
+        run(echo_server, trace=args.trace, extensions=extensions)
         log.info("stopped")
         return 0
 
@@ -276,6 +291,29 @@ def _tls_context(args: argparse.Namespace, urls: list[ListenURL]) -> ssl.SSLCont
     if not args.tls_cert or not args.tls_key:
         raise SetupError("a tls:// listener needs --tls-cert FILE and --tls-key FILE")
     return load_tls_context(args.tls_cert, args.tls_key)
+
+
+def _trace_path(path: str, per_worker: bool) -> str:
+    """--trace-file's FILE; a worker's own: trace.json becomes trace-PID.json."""
+    if not per_worker:
+        return path
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}-{os.getpid()}{suffix}"
+
+
+def _check_writable(path: str, per_worker: bool) -> None:
+    """Refuse at start a trace file that cannot be written, rather than once the server has begun
+    (the workers' files are named by their pids: their directory is checked)."""
+    if per_worker:
+        directory = os.path.dirname(path) or "."
+        if not os.access(directory, os.W_OK):
+            raise SetupError(f"cannot write the trace files in {directory}")
+        return
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise SetupError(f"cannot write the trace file {path}: {error.strerror}") from None
 
 
 def _raise_descriptor_limit() -> None:

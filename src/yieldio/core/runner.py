@@ -15,17 +15,25 @@ lives here, in one place:
   signals arrive between two task steps, never in the middle of one;
 - :data:`tasks` is the tutorial's ``tasks``: ``tasks.append(gen)``
   schedules a generator, before ``run()`` or from inside a task;
+- an :data:`Extension` starts with a kernel and stops when it has run (a
+  monitor, a trace file). Those live above the core, so the runner does not
+  import them: the package registers them here (:func:`extend_from_environment`,
+  called in ``yieldio/__init__.py``), and each looks at its own variable
+  (``YIELDIO_MONITOR``, ``YIELDIO_TRACE_FILE``), so that any program run by
+  :func:`run`, the tutorial's included, can be watched without a change. A
+  caller that configures its own (``yieldio serve``, from its flags) passes them;
 - :func:`run` puts these together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from types import FrameType
 from typing import Any, Self
 
@@ -36,6 +44,19 @@ from .traps import Coro
 log = logging.getLogger("yieldio")
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+# Called with a new kernel before its first task; what it returns is entered around the kernel's run.
+Extension = Callable[[Kernel], contextlib.AbstractContextManager[object]]
+
+_from_environment: list[Extension] = []
+
+
+def extend_from_environment(extension: Extension) -> None:
+    """Start ``extension`` with every kernel :func:`run` makes when it is not given extensions of its own.
+
+    It decides from the environment whether it has anything to do (``contextlib.nullcontext()`` if not).
+    """
+    _from_environment.append(extension)
 
 
 def new_kernel(*, trace: bool = False) -> Kernel:
@@ -147,16 +168,26 @@ class ClassicTasks:
 tasks = ClassicTasks()
 
 
-def run(main: Coro | Callable[[], Coro] | None = None, *, handle_signals: bool = True, trace: bool = False) -> Any:
+def run(
+    main: Coro | Callable[[], Coro] | None = None,
+    *,
+    handle_signals: bool = True,
+    trace: bool = False,
+    extensions: Sequence[Extension] | None = None,
+) -> Any:
     """Run ``main`` on a fresh kernel and return its result (its exception propagates).
 
     With no argument, run what was put in ``tasks`` until no task is left, as the tutorial does.
     On SIGINT or SIGTERM every task is cancelled; ``run`` then returns None once they have ended.
+    ``extensions`` start with the kernel (by default, those the environment asks for).
     """
     kernel = new_kernel(trace=trace)
-    for coro in tasks.take():
-        kernel.spawn(coro)
-    if not handle_signals:
-        return kernel.run(main)
-    with SignalRoute(kernel):
-        return kernel.run(main)
+    with contextlib.ExitStack() as started:
+        for extension in _from_environment if extensions is None else extensions:
+            started.enter_context(extension(kernel))
+        for coro in tasks.take():
+            kernel.spawn(coro)
+        if not handle_signals:
+            return kernel.run(main)
+        with SignalRoute(kernel):
+            return kernel.run(main)
