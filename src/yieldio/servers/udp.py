@@ -30,6 +30,7 @@ flood can't starve the other tasks.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import types
@@ -40,7 +41,7 @@ from typing import Any
 from ..core import traps
 from ..core.kernel import Cancelled
 from ..io.sockets import Socket, format_address
-from ..io.udp import udp_bind
+from ..io.udp import DESTINATION_SPACE, ask_destination, reply_source, udp_bind
 
 log = logging.getLogger("yieldio")
 
@@ -81,9 +82,10 @@ def serve_datagrams(
 ) -> Generator[Any, Any, None]:
     """Answer every datagram arriving on ``sock`` with what ``handler(data, address)`` returns, forever.
 
-    When cancelled (a shutdown), it first answers the datagrams already waiting in the socket's
-    buffer (those a plain function handler answers at once), as a stream server echoes what it
-    had received before it closes.
+    On a socket bound to a wildcard address (``0.0.0.0``, ``::``) each reply leaves from the address
+    its datagram was sent to (Linux; see :mod:`yieldio.io.udp`). When cancelled (a shutdown), it
+    first answers the datagrams already waiting in the socket's buffer (those a plain function
+    handler answers at once), as a stream server echoes what it had received before it closes.
     """
     if max_size < 1:
         raise ValueError("max_size must be at least 1")
@@ -93,10 +95,15 @@ def serve_datagrams(
     # Linux returns a datagram's real length with MSG_TRUNC, so one that did not fit is seen.
     flags = getattr(socket, "MSG_TRUNC", 0)
     handler_name = getattr(handler, "__qualname__", "handler")
+    # Only a wildcard listener needs recvmsg and its ancillary data: a socket bound to one
+    # address keeps the cheaper recvfrom_into and sendto. (udp_bind has asked already; a socket
+    # bound elsewhere is asked now, and a datagram that came before is answered as sendto would.)
+    space = DESTINATION_SPACE if ask_destination(sock.socket) else 0
+    replies = _Replies(sock, counters)
     try:
-        yield from _serve_forever(sock, handler, handler_name, max_size, counters, buffer, flags)
+        yield from _serve_forever(sock, handler, handler_name, max_size, buffer, flags, space, replies)
     except Cancelled:
-        _answer_waiting(sock, handler, max_size, counters, buffer, flags)
+        _answer_waiting(sock, handler, max_size, counters, buffer, flags, space, replies)
         raise
 
 
@@ -105,18 +112,27 @@ def _serve_forever(
     handler: DatagramHandler,
     handler_name: str,
     max_size: int,
-    counters: DatagramCounters,
     buffer: bytearray,
     flags: int,
+    space: int,
+    replies: _Replies,
 ) -> Generator[Any, Any, None]:
     view = memoryview(buffer)
+    counters = replies.counters
     raw = sock.socket
     receive = raw.recvfrom_into
+    receive_message = raw.recvmsg_into
+    buffers = [buffer]
     sendto = raw.sendto
+    source: list[tuple[int, int, bytes]] = []  # the reply's ancillary data: from where it must leave
     while True:
         for _ in range(_DATAGRAMS_PER_TURN):
             try:
-                size, address = receive(buffer, 0, flags)
+                if space:
+                    size, ancillary, _, address = receive_message(buffers, space, flags)
+                    source = reply_source(ancillary)
+                else:
+                    size, address = receive(buffer, 0, flags)
             except BlockingIOError:
                 yield sock.readable
                 break
@@ -144,14 +160,65 @@ def _serve_forever(
                 log.exception("udp: %s failed on a datagram from %s", handler_name, format_address(address))
                 continue
             try:
-                counters.bytes_out += sendto(reply, address)
+                counters.bytes_out += raw.sendmsg([reply], source, 0, address) if source else sendto(reply, address)
                 counters.datagrams_out += 1
             except BlockingIOError:
-                yield from _send_when_writable(sock, reply, address, counters)
+                yield from replies.send_when_writable(reply, address, source)
             except OSError as error:
-                _dropped(counters, reply, address, error)
+                replies.failed(reply, address, source, error)
         else:
             yield from traps.sleep(0)
+
+
+class _Replies:
+    """The replies' ways other than the fast one: waiting for room, retrying from the route's
+    address, and counting what is dropped."""
+
+    def __init__(self, sock: Socket, counters: DatagramCounters) -> None:
+        self.sock = sock
+        self.counters = counters
+
+    def send_now(self, reply: Any, address: Any, source: list[tuple[int, int, bytes]]) -> None:
+        """Send without waiting; a reply the system cannot take now is dropped and counted."""
+        try:
+            raw = self.sock.socket
+            self.counters.bytes_out += (
+                raw.sendmsg([reply], source, 0, address) if source else raw.sendto(reply, address)
+            )
+            self.counters.datagrams_out += 1
+        except OSError as error:
+            self.failed(reply, address, source, error)
+
+    @types.coroutine
+    def send_when_writable(
+        self, reply: Any, address: Any, source: list[tuple[int, int, bytes]]
+    ) -> Generator[Any, Any, None]:
+        """The send buffer is full: wait (this server only) until the reply fits."""
+        raw = self.sock.socket
+        while True:
+            yield self.sock.writable
+            try:
+                self.counters.bytes_out += (
+                    raw.sendmsg([reply], source, 0, address) if source else raw.sendto(reply, address)
+                )
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                self.failed(reply, address, source, error)
+                return
+            self.counters.datagrams_out += 1
+            return
+
+    def failed(self, reply: Any, address: Any, source: list[tuple[int, int, bytes]], error: OSError) -> None:
+        """The system refused the reply. From a destination it cannot send from (a broadcast or multicast
+        address: EINVAL), it goes from the route's address instead; otherwise it is dropped and counted."""
+        if source and error.errno == errno.EINVAL:
+            self.send_now(reply, address, [])
+            return
+        self.counters.dropped_replies += 1
+        log.warning(
+            "udp: a %d-byte reply to %s dropped: %s", memoryview(reply).nbytes, format_address(address), error.strerror
+        )
 
 
 @types.coroutine
@@ -166,32 +233,26 @@ def _settle(result: Any) -> Generator[Any, Any, bytes | bytearray | memoryview |
     raise TypeError(f"a datagram handler must return bytes or None, not {type(result).__name__}")
 
 
-@types.coroutine
-def _send_when_writable(
-    sock: Socket, reply: Any, address: Any, counters: DatagramCounters
-) -> Generator[Any, Any, None]:
-    """The send buffer is full: wait (this server only) until the reply fits."""
-    while True:
-        yield sock.writable
-        try:
-            counters.bytes_out += sock.socket.sendto(reply, address)
-        except BlockingIOError:
-            continue
-        except OSError as error:
-            _dropped(counters, reply, address, error)
-            return
-        counters.datagrams_out += 1
-        return
-
-
 def _answer_waiting(
-    sock: Socket, handler: DatagramHandler, max_size: int, counters: DatagramCounters, buffer: bytearray, flags: int
+    sock: Socket,
+    handler: DatagramHandler,
+    max_size: int,
+    counters: DatagramCounters,
+    buffer: bytearray,
+    flags: int,
+    space: int,
+    replies: _Replies,
 ) -> None:
     """Answer what is already in the receive buffer, without waiting for anything (bounded)."""
     raw = sock.socket
+    source: list[tuple[int, int, bytes]] = []
     for _ in range(_DRAIN_LIMIT):
         try:
-            size, address = raw.recvfrom_into(buffer, 0, flags)
+            if space:
+                size, ancillary, _, address = raw.recvmsg_into([buffer], space, flags)
+                source = reply_source(ancillary)
+            else:
+                size, address = raw.recvfrom_into(buffer, 0, flags)
         except OSError:  # BlockingIOError: nothing more is waiting
             return
         counters.datagrams_in += 1
@@ -206,18 +267,7 @@ def _answer_waiting(
             log.exception("udp: the handler failed on a datagram from %s", format_address(address))
             continue
         if isinstance(reply, (bytes, bytearray, memoryview)):
-            try:
-                counters.bytes_out += raw.sendto(reply, address)
-                counters.datagrams_out += 1
-            except OSError as error:
-                _dropped(counters, reply, address, error)
-
-
-def _dropped(counters: DatagramCounters, reply: Any, address: Any, error: OSError) -> None:
-    counters.dropped_replies += 1
-    log.warning(
-        "udp: a %d-byte reply to %s dropped: %s", memoryview(reply).nbytes, format_address(address), error.strerror
-    )
+            replies.send_now(reply, address, source)
 
 
 @types.coroutine
