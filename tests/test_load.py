@@ -397,6 +397,22 @@ def test_open_loop_latency_shows_the_stall_that_the_closed_loop_hides(serve_proc
     assert stalls["closed"]["max"] >= 900_000, stalls  # the stall is there, seen once per connection
 
 
+def test_echoes_that_never_come_back_fail_the_run_unless_allowed(serve_process: ProcessServers) -> None:
+    # A request whose echo times out did not match either: by default (--error-max 0) that fails the
+    # run; --error-max lets a known number through. The server stalls 1 s after 50 replies; the
+    # timeout is 0.6 s (seen within a quarter of it), so each of the 5 connections times out once, and
+    # its next request, on a new connection, is answered when the stall ends, before its own timeout.
+    for allowed, status in ((None, 1), ("5", 0)):
+        server, url = start_load_server(serve_process, "stall", "--stall-after", "50", "--stall", "1.0")
+        flags = ["--error-max", allowed] if allowed else []
+        load = run_load(url, "-n", "400", "-c", "5", "--timeout", "0.6", *flags)
+        report = load.report()
+        server.wait_log(re.compile(rb"resumed after [0-9.]+ s"))
+        assert report["errors_by_kind"] == {"timeout": 5}, load.describe()
+        assert report["mismatches"] == 0 and report["requests"] == 395, load.describe()
+        assert load.returncode == status, load.describe()
+
+
 def test_udp_loss_counted_exactly(serve_process: ProcessServers) -> None:
     # one connection, one datagram at a time; a dropped one costs its --timeout, so keep that short
     server, url = start_load_server(serve_process, "udp-drop")

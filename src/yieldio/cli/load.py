@@ -117,7 +117,13 @@ def add_parser(commands: Any) -> None:
         "--max-loss", type=_fraction, default=0.0, metavar="FRACTION", help="fail above this datagram loss (default: 0)"
     )
     load.add_argument("--p99-max", type=_duration_us, metavar="DURATION", help="fail if p99 is above this (5ms, 800us)")
-    load.add_argument("--error-max", type=int, metavar="N", help="fail with more than N errors")
+    load.add_argument(
+        "--error-max",
+        type=bounded(int, "--error-max", 0),
+        default=0,
+        metavar="N",
+        help="fail with more than N errors: resets, timeouts, short or wrong echoes (default: 0)",
+    )
     load.add_argument("--verbose", action="store_true", help="also report the client's CPU time per request")
     load.set_defaults(func=load_command)
 
@@ -677,8 +683,9 @@ def _verdicts(results: Results, args: argparse.Namespace) -> list[str]:
             failed.append(
                 f"{report['lost']} of {report['sent']} datagrams lost ({loss:.2%}; --max-loss {args.max_loss:g})"
             )
-    if args.error_max is not None and report["errors"] > args.error_max:
-        failed.append(f"{report['errors']} errors (--error-max {args.error_max})")
+    if report["errors"] > args.error_max and report["errors"] > report["mismatches"]:  # (those said above)
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(report["errors_by_kind"].items()))
+        failed.append(f"{report['errors']} errors ({kinds}; --error-max {args.error_max})")
     if args.p99_max is not None and report["latency_us"]["p99"] > args.p99_max:
         failed.append(f"p99 {report['latency_us']['p99']} µs (--p99-max {args.p99_max:g} µs)")
     if report["connections_lost"]:
