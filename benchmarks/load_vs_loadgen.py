@@ -41,6 +41,7 @@ repository's venv::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -105,6 +106,7 @@ class Run:
     rate_asked: float | None = None
     server_cpu_frac: float | None = None  # over the middle of the run
     client_cpu_frac: float | None = None
+    client_user_frac: float | None = None  # of which user time (the rest: the kernel's, for the client)
     other_cpu_frac: float | None = None
     report: dict[str, Any] = field(default_factory=dict)  # the client's result, less the histogram
 
@@ -196,6 +198,19 @@ def client_env() -> dict[str, str]:
     return env
 
 
+def user_ticks(pid: int) -> int | None:
+    """utime of a process and its live descendants (/proc/PID/stat), as run.proc_cpu_ticks counts both."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    total = int(stat[stat.rindex(")") + 2 :].split()[11])
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            total += sum(user_ticks(int(child)) or 0 for child in task.read_text().split())
+    return total
+
+
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -229,6 +244,7 @@ def run_client(run: Run, args: argparse.Namespace, server: subprocess.Popen[byte
                     time.monotonic(),
                     proc_cpu_ticks(server.pid),
                     proc_cpu_ticks(proc.pid),  # with its children: --workers
+                    user_ticks(proc.pid),
                     foreign_busy_ticks(pinned, exclude),
                 )
             )
@@ -239,9 +255,10 @@ def run_client(run: Run, args: argparse.Namespace, server: subprocess.Popen[byte
         return run
     run.client_process_cpu_s = children_cpu_s() - before
     if len(samples) == 2 and None not in samples[0] and None not in samples[1]:
-        (t0, s0, c0, o0), (t1, s1, c1, o1) = samples
+        (t0, s0, c0, u0, o0), (t1, s1, c1, u1, o1) = samples
         span = (t1 - t0) * CLK_TCK
         run.server_cpu_frac, run.client_cpu_frac = (s1 - s0) / span, (c1 - c0) / span
+        run.client_user_frac = (u1 - u0) / span
         run.other_cpu_frac = max(0.0, (o1 - o0) / span)
     text = stdout.decode(errors="replace")
     if run.client == "loadgen":
@@ -306,6 +323,17 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         row["rps_max"] = max((r.rps for r in ok), default=None)
         row["client_cpu_us_per_request"] = median([r.client_cpu_us_per_request for r in ok])
         row["client_cpu_pct"] = pct(median([r.client_cpu_frac for r in ok]))
+        # the split of the client's CPU per request, from the mid-run sample: user (the program) and system
+        row["client_user_us_per_request"] = median(
+            [1e6 * r.client_user_frac / r.rps for r in ok if r.client_user_frac is not None and r.rps]
+        )
+        row["client_sys_us_per_request"] = median(
+            [
+                1e6 * (r.client_cpu_frac - r.client_user_frac) / r.rps
+                for r in ok
+                if r.client_cpu_frac is not None and r.client_user_frac is not None and r.rps
+            ]
+        )
         row["server_cpu_pct"] = pct(median([r.server_cpu_frac for r in ok]))
         row["server_cpu_us_per_request"] = median(
             [1e6 * r.server_cpu_frac / r.rps for r in ok if r.server_cpu_frac is not None and r.rps]
@@ -345,10 +373,10 @@ def report(runs: list[Run], summary: dict[str, Any], meta: dict[str, Any], args:
         "Closed loop:",
         "",
         (
-            "| client | requests/s | min–max | ÷ loadgen.c | client CPU µs/req | client CPU % | server CPU % "
-            "| server µs/req | other load % | limited by |"
+            "| client | requests/s | min–max | ÷ loadgen.c | client CPU µs/req | user + sys µs/req (mid-run) "
+            "| client CPU % | server CPU % | server µs/req | other load % | limited by |"
         ),
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     base = summary.get("loadgen closed", {}).get("rps")
     for client in ("loadgen", "yieldio", "yieldio-workers"):
@@ -358,7 +386,9 @@ def report(runs: list[Run], summary: dict[str, Any], meta: dict[str, Any], args:
         spread = f"{fmt(row['rps_min'])}–{fmt(row['rps_max'])}"
         lines.append(
             f"| {names[client]} | {fmt(row['rps'])} | {spread} | {fmt(ratio(row['rps'], base), 2)} "
-            f"| {fmt(row['client_cpu_us_per_request'], 2)} | {fmt(row['client_cpu_pct'])} "
+            f"| {fmt(row['client_cpu_us_per_request'], 2)} "
+            f"| {fmt(row['client_user_us_per_request'], 2)} + {fmt(row['client_sys_us_per_request'], 2)} "
+            f"| {fmt(row['client_cpu_pct'])} "
             f"| {fmt(row['server_cpu_pct'])} | {fmt(row['server_cpu_us_per_request'], 2)} "
             f"| {fmt(row['other_cpu_pct'])} | {limit_of(row)} |"
         )

@@ -667,10 +667,6 @@ SETUP_FAILURES: dict[str, Callable[[Setup], tuple[list[str], list[str]]]] = {
         ["--listen", f"udp://127.0.0.1:{s.busy_udp}"],
         [f"cannot listen on udp://127.0.0.1:{s.busy_udp}", "Address already in use"],
     ),
-    "metrics with workers": lambda s: (
-        ["--workers", "2", "--metrics", "127.0.0.1:0"],
-        ["--metrics with --workers is not supported"],
-    ),
 }
 
 

@@ -86,7 +86,7 @@ CRASHING_WORKER = """
 import logging, sys
 from yieldio.servers.workers import supervise
 
-def work(ready) -> int:
+def work(slot, ready) -> int:
     raise RuntimeError("worker bug")
 
 logging.basicConfig(level="INFO", stream=sys.stderr)

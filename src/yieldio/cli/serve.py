@@ -12,16 +12,20 @@ import argparse
 import logging
 import os
 import resource
+import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from ..compiled import ECHO_LOOP
 from ..core.runner import Extension, run
-from ..io.sockets import HANDSHAKE_TIMEOUT
+from ..core.traps import spawn
+from ..io.sockets import HANDSHAKE_TIMEOUT, Socket
 from ..io.urls import BadListenURL, ListenURL, parse_listen_list, parse_listen_url
-from ..observe.metrics import MetricsUnavailable, make_registry, prometheus
+from ..observe.metrics import Gatherer, MetricsUnavailable, answer_gatherer, local_source, prometheus
 from ..observe.metrics import make_handler as make_metrics_handler
 from ..observe.tracefile import trace_file
 from ..servers.echo import DEFAULT_MAX_LINE, make_echo_handler
@@ -31,12 +35,13 @@ from ..servers.listeners import (
     SetupError,
     close_all,
     load_tls_context,
+    open_for_workers,
     open_listeners,
     serve_all,
 )
 from ..servers.proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
 from ..servers.stream import ServerOptions
-from ..servers.workers import supervise
+from ..servers.workers import Aside, supervise
 from .flags import FromEnvironment, add_log_level, announce, count, listen_port, listen_url, seconds
 
 log = logging.getLogger("yieldio")
@@ -203,24 +208,31 @@ def serve_command(args: argparse.Namespace) -> int:
     """``yieldio serve``; returns the exit status."""
     urls: list[ListenURL] = args.listen_urls
     reuse_port = args.workers > 1
+    outside = _OutsideTheKernel()
+    outside.install()
     try:
         tls = _tls_context(args, urls)
         if args.metrics is not None:
             prometheus()  # the optional extra is there, or one line now, before anything listens
-            if reuse_port:
-                raise SetupError("--metrics with --workers is not supported: each worker counts only its own traffic")
         if args.trace_file:
             _check_writable(args.trace_file, reuse_port)
-        listeners = open_listeners(urls, backlog=args.backlog, reuse_port=reuse_port)
+        # with --workers, every listener once per worker, held here for as long as the server runs
+        slots = (
+            open_for_workers(urls, backlog=args.backlog, workers=args.workers)
+            if reuse_port
+            else [open_listeners(urls, backlog=args.backlog)]
+        )
     except (SetupError, MetricsUnavailable) as error:
         print(f"yieldio: {error}", file=sys.stderr)
         return 1
+    listeners = slots[0]
+    held = list({id(listener): listener for slot in slots for listener in slot}.values())
     metrics: list[Listener] = []
     if args.metrics is not None:
         try:
             metrics = open_listeners([ListenURL("tcp", *args.metrics)], backlog=args.backlog)
         except SetupError as error:
-            close_all(listeners)
+            close_all(held)
             print(f"yieldio: metrics: {error}", file=sys.stderr)
             return 1
     _raise_descriptor_limit()
@@ -247,18 +259,22 @@ def serve_command(args: argparse.Namespace) -> int:
         for label, _ in labels[len(listeners) :]:
             announce.info("metrics on http://%s/metrics", label)
 
-    def serve_here(listeners: list[Listener]) -> int:
+    def serve_here(listeners: list[Listener], gatherer: socket.socket | None = None) -> int:
         async def echo_server() -> None:
+            outside.kernel_started = True
+            counted = [(listener.label, listener.stats) for listener in listeners]
             endpoint = None
-            if metrics:
-                registry = make_registry([(listener.label, listener.stats) for listener in listeners])
-                endpoint = (metrics[0], make_metrics_handler(registry))
+            if gatherer is not None:  # a worker: the metrics process asks for its counts
+                await spawn(answer_gatherer(Socket(gatherer), counted), daemon=True)
+            elif metrics:
+                endpoint = (metrics[0], make_metrics_handler(local_source(counted)))
             await serve_all(listeners, options, endpoint)
 
         extensions: list[Extension] = []
         if args.trace_file:
             extensions.append(trace_file(_trace_path(args.trace_file, reuse_port)))
         run(echo_server, trace=args.trace, extensions=extensions)
+        outside.kernel_done()
         log.info("stopped")
         return 0
 
@@ -266,21 +282,84 @@ def serve_command(args: argparse.Namespace) -> int:
         say_where()
         return serve_here(listeners)
 
-    # Each worker opens TCP, TLS and UDP sockets of its own on the ports the check above got
-    # (SO_REUSEPORT: the kernel balances between them); a Unix socket is shared, opened once.
-    shared = [listener for listener in listeners if listener.url.kind == "unix"]
-    ports = [listener.url for listener in listeners if listener.url.kind != "unix"]
-    close_all([listener for listener in listeners if listener.url.kind != "unix"])
+    # Each worker serves the TCP, TLS and UDP sockets of its slot (SO_REUSEPORT: the system balances
+    # between them) and the one Unix socket they share; with --metrics, the metrics process asks
+    # each worker for its counts over the socket pair of its slot (observe.metrics.Gatherer).
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in slots] if metrics else []
 
-    def worker(ready: Callable[[], None]) -> int:
-        opened = shared + open_listeners(ports, backlog=args.backlog, reuse_port=True)
+    def keep_only(kept: list[Listener], ends: list[socket.socket]) -> None:
+        """In a child: close what the parent holds for the others (their sockets stay open there)."""
+        close_all([listener for listener in held + metrics if all(listener is not mine for mine in kept)])
+        for end in (end for pair in pairs for end in pair if end not in ends):
+            end.close()
+
+    def worker(slot: int, ready: Callable[[], None]) -> int:
+        gatherer = pairs[slot][1] if pairs else None
+        keep_only(slots[slot], [] if gatherer is None else [gatherer])
         ready()
-        return serve_here(opened)
+        return serve_here(slots[slot], gatherer)
+
+    def metrics_process(ready: Callable[[], None]) -> int:
+        keep_only(metrics, [mine for mine, _ in pairs])
+        gatherer = Gatherer([Socket(mine) for mine, _ in pairs])
+        ready()
+
+        async def endpoint() -> None:
+            outside.kernel_started = True
+            await serve_all([], options, (metrics[0], make_metrics_handler(gatherer.gather)))
+
+        run(endpoint)
+        outside.kernel_done()
+        return 0
+
+    def let_go() -> None:
+        close_all(held + metrics)
+        for pair in pairs:
+            for end in pair:
+                end.close()
 
     try:
-        return supervise(args.workers, worker, on_ready=say_where)  # said once every worker listens
+        return supervise(
+            args.workers,
+            worker,
+            on_ready=say_where,  # said once every worker listens
+            on_stop=let_go,  # the ports are free once the workers have closed theirs
+            aside=Aside("metrics process", metrics_process) if metrics else None,
+        )
     finally:
-        close_all(shared)
+        let_go()
+        log.info("stopped")
+
+
+class _OutsideTheKernel:
+    """SIGTERM and SIGINT while no kernel of this process handles them.
+
+    Before the kernel has started, a signal does what it always did: the process ends by it. Once
+    the kernel has run, the server has stopped and the process is on its way out: a repeated
+    signal (a supervisor that sends SIGTERM twice, a second Ctrl-C) is ignored, so that the process
+    ends with exit status 0, not by that signal. In between, the kernel's own handlers are in place
+    (the first signal shuts the server down, a second closes what is left), and they give these
+    back when it ends. A worker's parent ignores them itself once it has stopped (``supervise``).
+    """
+
+    def __init__(self) -> None:
+        self.kernel_started = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.received)
+
+    def received(self, signum: int, frame: FrameType | None) -> None:
+        if self.kernel_started:
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def kernel_done(self) -> None:
+        """Ignore them from now on in the system itself: Python puts back the default action of every
+        signal it handles as it finalizes, and a signal that came then would still end the process."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _tls_context(args: argparse.Namespace, urls: list[ListenURL]) -> ssl.SSLContext | None:

@@ -130,6 +130,28 @@ def open_listeners(urls: list[ListenURL], *, backlog: int, reuse_port: bool = Fa
     return opened
 
 
+def open_for_workers(urls: list[ListenURL], *, backlog: int, workers: int) -> list[list[Listener]]:
+    """Every listener once per worker slot (``--workers``): the listeners of slot 0, 1, ... each.
+
+    TCP, TLS and UDP listeners are opened ``workers`` times on one port (SO_REUSEPORT; the first
+    one picks the port of a ``:0``); a Unix socket is opened once and shared by every slot. The
+    caller holds them all for as long as it supervises, so that the port is never free between
+    one worker and its replacement. All or none, as :func:`open_listeners`.
+    """
+    first = open_listeners(urls, backlog=backlog, reuse_port=True)
+    slots = [first]
+    try:
+        ports = [listener.url for listener in first if listener.url.kind != "unix"]  # with the ports they got
+        for _ in range(workers - 1):
+            own = iter(open_listeners(ports, backlog=backlog, reuse_port=True))
+            slots.append([listener if listener.url.kind == "unix" else next(own) for listener in first])
+    except BaseException:
+        for listeners in slots:
+            close_all(listeners)
+        raise
+    return slots
+
+
 def close_all(listeners: list[Listener]) -> None:
     for listener in listeners:
         listener.sock.close()
