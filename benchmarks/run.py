@@ -123,13 +123,14 @@ def _py_tls(script: str, *extra: str) -> Callable[[str, int, TlsFiles], list[str
     return argv
 
 
-def _yieldio(level: str, *extra: str, build: str = "pure") -> Callable[[str, int], list[str]]:
-    """``yieldio serve`` from this checkout; ``build`` "pure" (the default build, even where the
-    compiled module was made in place) or "compiled" (that module, which must have been built)."""
+def _yieldio(level: str, *extra: str, build: str = "compiled") -> Callable[[str, int], list[str]]:
+    """``yieldio serve`` from this checkout; ``build`` "compiled" (the default build: the echo step
+    compiled by the install, which setup.sh's editable install makes) or "pure" (YIELDIO_PURE=1: the
+    pure-Python loop, whatever was built)."""
 
     def argv(host: str, port: int) -> list[str]:
         if build == "compiled" and not list((REPO_ROOT / "src" / "yieldio").glob("_speedups.*.so")):
-            raise SystemExit("yieldio-compiled: build the compiled module first: YIELDIO_COMPILE=1 pip install -e .")
+            raise SystemExit("yieldio: no compiled echo step in src/yieldio: pip install -e . with a C compiler")
         return [
             "env",
             f"YIELDIO_PURE={1 if build == 'pure' else 0}",
@@ -151,7 +152,7 @@ def _yieldio(level: str, *extra: str, build: str = "pure") -> Callable[[str, int
     return argv
 
 
-def _yieldio_tls(level: str, build: str = "pure") -> Callable[[str, int, TlsFiles], list[str]]:
+def _yieldio_tls(level: str, build: str = "compiled") -> Callable[[str, int, TlsFiles], list[str]]:
     """The same over TLS, with the same build pinned as the server's plain runs (the TLS echo itself is the
     same in both builds, but the process says which loop it would run, and that is checked)."""
 
@@ -209,8 +210,15 @@ SERVERS: list[Server] = [
     Server(
         "yieldio",
         _yieldio("warning"),
-        description="python -m yieldio serve, log level warning",
+        description="python -m yieldio serve, the default build (echo step compiled), log level warning",
         tls=_yieldio_tls("warning"),
+        echo_loop="required",
+    ),
+    Server(
+        "yieldio-pure",
+        _yieldio("warning", build="pure"),
+        description="the same with YIELDIO_PURE=1: the pure-Python echo loop",
+        tls=_yieldio_tls("warning", build="pure"),
         echo_loop="required",
     ),
     Server(
@@ -228,13 +236,6 @@ SERVERS: list[Server] = [
         description="yieldio from $YIELDIO_REF_SRC (e.g. a git worktree of an earlier commit), log level warning",
         tls=_yieldio_ref_tls,
         echo_loop="if-logged",
-    ),
-    Server(
-        "yieldio-compiled",
-        _yieldio("warning", build="compiled"),
-        default=False,
-        description="the optional compiled build (YIELDIO_COMPILE=1 pip install -e . first), log level warning",
-        echo_loop="required",
     ),
     Server(
         "yieldio-workers2",
@@ -279,6 +280,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("1k_x100", 100, 1024, description="1 KiB messages, 100 connections"),
     Scenario("10k_x100", 100, 10 * 1024, description="10 KiB messages, 100 connections"),
     Scenario("100k_x10", 10, 100 * 1024, description="100 KiB messages, 10 connections"),
+    Scenario("1m_x10", 10, 1024 * 1024, description="1 MiB messages, 10 connections"),
     Scenario("1k_x1", 1, 1024, description="1 KiB, one connection: latency"),
     Scenario("c10k", 10_000, 1024, description="1 KiB, 10,000 busy connections"),
     Scenario("idle5k", 5_000, 1024, idle=True, description="5,000 connections, one echo each, then idle: server RSS"),
