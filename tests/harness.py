@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import itertools
 import json
 import os
@@ -690,4 +691,106 @@ SERVE_FLAGS = (
 
 # Flags added to `yieldio serve` since the tuple above was written: this file grows at its end only, so they are
 # added here (mypy types the tuple above by its length, hence the ignore).
-SERVE_FLAGS = (*SERVE_FLAGS, "--trace-file")  # type: ignore[assignment]
+SERVE_FLAGS = (*SERVE_FLAGS, "--trace-file", "--monitor", "--monitor-token", "--monitor-read-only")  # type: ignore[assignment]
+
+
+# -- the monitor (yieldio serve --monitor, YIELDIO_MONITOR) ----------------------------------
+
+MONITOR_AT = re.compile(rb"monitor on http://(\S+?):(\d+)/")  # what a monitored program says at start
+
+
+def monitor_address(child: ChildProcess, timeout: float = 10.0) -> tuple[str, int]:
+    """Wait for a program's ``monitor on http://HOST:PORT/`` line; the monitor's address."""
+    match = child.wait_log(MONITOR_AT, timeout=timeout)
+    return match.group(1).decode().strip("[]"), int(match.group(2))
+
+
+def http_request(
+    address: tuple[str, int], method: str, path: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, Any]:
+    """One HTTP request with exactly these headers (no Host unless given); the status and the JSON body."""
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+class MonitorEvents:
+    """The monitor's stream (``GET /api/events``), read message by message: what the page receives."""
+
+    def __init__(self, address: tuple[str, int], token: str | None = None) -> None:
+        self.connection = http.client.HTTPConnection(*address, timeout=10)
+        query = "" if token is None else f"?token={token}"
+        self.connection.request("GET", "/api/events" + query, headers={"Host": f"127.0.0.1:{address[1]}"})
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.status
+
+    def next(self) -> dict[str, Any]:
+        """The next message (a state, the events since the last one, a step's report); bounded by the timeout."""
+        data = b""
+        while True:
+            line = self.response.readline()
+            assert line, "the monitor closed its stream"
+            if line.startswith(b"data: "):
+                data += line[6:]
+            elif line == b"\n" and data:
+                message: dict[str, Any] = json.loads(data)
+                return message
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """Read messages until one's state satisfies ``predicate``; that state."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            state: dict[str, Any] = self.next()["state"]
+            if predicate(state):
+                return state
+        raise AssertionError(f"no state satisfied the condition within {timeout}s")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class Netcat:
+    """A real ``nc`` connected to a server, kept open: lines typed into it, replies read as they come."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.proc = subprocess.Popen(["nc", address[0], str(address[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def say(self, line: bytes, reply: bytes) -> None:
+        """Type ``line``; wait for ``reply`` on its output."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line)
+        self.proc.stdin.flush()
+        read_until(self.proc.stdout.fileno(), reply)
+
+    def connection(self) -> Any:
+        """Its TCP connection, as the system sees it."""
+        (connection,) = [c for c in self.ps.net_connections(kind="tcp") if c.raddr]
+        return connection
+
+    def local_address(self) -> str:
+        """HOST:PORT of its end: the peer the server sees."""
+        laddr = self.connection().laddr
+        return f"{laddr.ip}:{laddr.port}"
+
+    def wait_closed_by_server(self, timeout: float = 10.0) -> None:
+        """Until the server has closed its end (this one is then in CLOSE_WAIT)."""
+        end = time.monotonic() + timeout
+        while self.connection().status != psutil.CONN_CLOSE_WAIT:
+            assert time.monotonic() < end, f"the server did not close {self.local_address()} in {timeout}s"
+            time.sleep(0.02)  # a socket state the system changes and reports to nobody: polled, bounded
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()

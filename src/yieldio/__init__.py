@@ -35,15 +35,16 @@ from .io.sockets import DatagramTooLarge, Socket, connect_staggered, format_addr
 from .io.streams import IncompleteReadError, LimitOverrunError, Stream, StreamBuffer
 from .io.udp import udp_bind
 from .io.unix import format_unix_address, open_unix_connection
-from .observe.environment import trace_file_from_environment
+from .observe.environment import monitor_from_environment, trace_file_from_environment
 from .servers.echo import ChunkFramer, LineFramer, echo_handler, make_echo_handler
 from .servers.stream import ServerOptions, serve, tcp_listen, tcp_server
 from .servers.udp import DatagramCounters, serve_datagrams, udp_server
 from .servers.unix import UnixListener, unix_listen, unix_server
 from .version import __version__
 
-# YIELDIO_TRACE_FILE works for every program run by run(): the runner (core) is told of it here, where
-# every layer is in sight, instead of importing the layer above it
+# YIELDIO_MONITOR and YIELDIO_TRACE_FILE work for every program run by run(): the runner (core) is told of
+# them here, where every layer is in sight, instead of importing the layer above it
+extend_from_environment(monitor_from_environment)
 extend_from_environment(trace_file_from_environment)
 
 __all__ = [

@@ -4,6 +4,7 @@
 - :mod:`.connect`: ``yieldio connect``, an interactive client on the kernel;
 - :mod:`.load`: ``yieldio load``, load over TCP, TLS, UDP or Unix, every echo checked and timed;
 - :mod:`.report`: ``yieldio report``, saved load results merged into one report;
+- :mod:`.monitor`: ``yieldio ps``, ``where``, ``cancel``, ``top``: a running program's monitor;
 - :mod:`.results`: what ``load`` and ``report`` share: counts and histograms, text and JSON;
 - :mod:`.flags`: the parser, ``YIELDIO_*`` variables, logging.
 
@@ -19,7 +20,7 @@ import os
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import connect, load, report, serve
+from . import connect, load, monitor, report, serve
 from .flags import CommandParser, setup_logging
 
 
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     environments = {"serve": serve.add_parser(commands), "connect": connect.add_parser(commands)}
     load.add_parser(commands)
     report.add_parser(commands)
+    environments |= monitor.add_parsers(commands)
     args = parser.parse_args(argv)
     environ = dict(os.environ)
     if args.command in environments:

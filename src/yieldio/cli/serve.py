@@ -23,10 +23,12 @@ from typing import Any
 from ..compiled import ECHO_LOOP
 from ..core.runner import Extension, run
 from ..core.traps import spawn
-from ..io.sockets import HANDSHAKE_TIMEOUT, Socket
+from ..io.sockets import HANDSHAKE_TIMEOUT, Socket, format_address
 from ..io.urls import BadListenURL, ListenURL, parse_listen_list, parse_listen_url
 from ..observe.metrics import Gatherer, MetricsUnavailable, answer_gatherer, local_source, prometheus
 from ..observe.metrics import make_handler as make_metrics_handler
+from ..observe.monitor_web import DEFAULT_ADDRESS as DEFAULT_MONITOR
+from ..observe.monitor_web import BadAddress, monitor_extension, open_monitor_socket, parse_monitor_address, token_for
 from ..observe.tracefile import trace_file
 from ..servers.echo import DEFAULT_MAX_LINE, make_echo_handler
 from ..servers.listeners import (
@@ -177,6 +179,36 @@ def add_parser(commands: Any) -> FromEnvironment:
         help="write the scheduling events to FILE as a Chrome trace, for Perfetto's UI "
         "(with --workers, one file per worker: its pid is added to the name)",
     )
+    env.add(
+        serve,
+        "--monitor",
+        "YIELDIO_MONITOR",
+        None,
+        type=_monitor_address,
+        nargs="?",
+        const=DEFAULT_MONITOR,
+        metavar="[HOST:]PORT",
+        help="serve the monitor (yieldio ps, where, cancel, top; a live page at http://HOST:PORT/) on HOST:PORT; "
+        f"a port alone, or :PORT, is 127.0.0.1; any other address needs a token (--monitor alone: "
+        f"{format_address(DEFAULT_MONITOR)}; with --workers, one port per worker: PORT, PORT+1...)",
+    )
+    env.add(
+        serve,
+        "--monitor-token",
+        "YIELDIO_MONITOR_TOKEN",
+        None,
+        metavar="TOKEN",
+        help="the token every request to the monitor must carry (made and printed at start when the monitor "
+        "is not on loopback and none is given)",
+    )
+    env.add(
+        serve,
+        "--monitor-read-only",
+        "YIELDIO_MONITOR_READ_ONLY",
+        False,
+        action="store_true",
+        help="the monitor shows everything and changes nothing: no cancel, no step mode",
+    )
     add_log_level(serve, env, "info")
     serve.set_defaults(func=serve_command, resolve=resolve_listen_urls)
     return env
@@ -202,6 +234,34 @@ def _metrics_address(text: str) -> tuple[str, int]:
     except BadListenURL:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT (':9090' for every address), not {text!r}") from None
     return url.host, url.port
+
+
+def _monitor_address(text: str) -> tuple[str, int]:
+    """--monitor [HOST:]PORT: a port alone is 127.0.0.1 (see observe.monitor_web)."""
+    try:
+        return parse_monitor_address(text)
+    except BadAddress as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _open_monitors(address: tuple[str, int], count: int) -> list[socket.socket]:
+    """The monitor's listening sockets, opened before anything is served: one, or one per worker
+    (PORT, PORT+1...; each a free port of its own with port 0)."""
+    host, port = address
+    opened: list[socket.socket] = []
+    try:
+        for slot in range(count):
+            wanted = port + slot if port else 0
+            try:
+                opened.append(open_monitor_socket(host, wanted))
+            except (OSError, OverflowError) as error:
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                raise SetupError(f"cannot listen on {format_address((host, wanted))}: {reason}") from None
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -235,6 +295,19 @@ def serve_command(args: argparse.Namespace) -> int:
             close_all(held)
             print(f"yieldio: metrics: {error}", file=sys.stderr)
             return 1
+    monitors: list[socket.socket] = []
+    if args.monitor is not None:
+        try:
+            monitors = _open_monitors(args.monitor, len(slots))
+        except SetupError as error:
+            close_all(held + metrics)
+            print(f"yieldio: monitor: {error}", file=sys.stderr)
+            return 1
+    monitor_token = token_for(args.monitor[0], args.monitor_token) if args.monitor is not None else None
+    monitor_addresses = [format_address(sock.getsockname()[:2]) for sock in monitors]
+    monitor_urls = [
+        f"http://{address}/" + (f"?token={monitor_token}" if monitor_token else "") for address in monitor_addresses
+    ]
     _raise_descriptor_limit()
     prefix = os.fsencode(args.prefix)  # the bytes given, even those that are not UTF-8
     options = EchoOptions(
@@ -258,8 +331,10 @@ def serve_command(args: argparse.Namespace) -> int:
             announce.info("listening on %s (echo, framing=%s, prefix=%r%s)", label, args.framing, prefix, proxied)
         for label, _ in labels[len(listeners) :]:
             announce.info("metrics on http://%s/metrics", label)
+        for slot, url in enumerate(monitor_urls):
+            announce.info("monitor on %s%s", url, f" (worker {slot + 1} of {len(slots)})" if reuse_port else "")
 
-    def serve_here(listeners: list[Listener], gatherer: socket.socket | None = None) -> int:
+    def serve_here(listeners: list[Listener], gatherer: socket.socket | None = None, slot: int = 0) -> int:
         async def echo_server() -> None:
             outside.kernel_started = True
             counted = [(listener.label, listener.stats) for listener in listeners]
@@ -273,6 +348,17 @@ def serve_command(args: argparse.Namespace) -> int:
         extensions: list[Extension] = []
         if args.trace_file:
             extensions.append(trace_file(_trace_path(args.trace_file, reuse_port)))
+        if monitors:
+            about = {"worker": f"{slot + 1} of {len(slots)}", "workers": monitor_addresses}
+            extensions.append(
+                monitor_extension(
+                    monitors[slot],
+                    token=monitor_token,
+                    read_only=args.monitor_read_only,
+                    about=about if reuse_port else {},
+                    say=lambda endpoint: None,  # said by say_where, with the listeners
+                )
+            )
         run(echo_server, trace=args.trace, extensions=extensions)
         outside.kernel_done()
         log.info("stopped")
@@ -296,11 +382,15 @@ def serve_command(args: argparse.Namespace) -> int:
     def worker(slot: int, ready: Callable[[], None]) -> int:
         gatherer = pairs[slot][1] if pairs else None
         keep_only(slots[slot], [] if gatherer is None else [gatherer])
+        for other in monitors[:slot] + monitors[slot + 1 :]:  # one monitor per worker: its slot's
+            other.close()
         ready()
-        return serve_here(slots[slot], gatherer)
+        return serve_here(slots[slot], gatherer, slot)
 
     def metrics_process(ready: Callable[[], None]) -> int:
         keep_only(metrics, [mine for mine, _ in pairs])
+        for sock in monitors:
+            sock.close()
         gatherer = Gatherer([Socket(mine) for mine, _ in pairs])
         ready()
 
@@ -317,6 +407,8 @@ def serve_command(args: argparse.Namespace) -> int:
         for pair in pairs:
             for end in pair:
                 end.close()
+        for sock in monitors:
+            sock.close()
 
     try:
         return supervise(
