@@ -512,7 +512,10 @@ class Kernel:
             n = len(ready)
             while n:
                 n -= 1
-                task = popleft()
+                try:
+                    task = popleft()
+                except IndexError:  # close_all(), called by a task of this batch, emptied the queue
+                    break
                 self.current = task
                 if watched:
                     task.steps += 1  # type: ignore[attr-defined]  # a watched kernel's tasks are CountedTasks
