@@ -22,6 +22,9 @@ from typing import Any
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
+import yieldio
+from yieldio import Kernel
+from yieldio.observe.monitor import LiveFeed
 from yieldio.observe.monitor_web import BadAddress, parse_command_address, parse_monitor_address, token_for
 
 from .harness import (
@@ -455,3 +458,41 @@ def test_with_workers_each_answers_on_a_port_of_its_own_says_which_it_is_and_whe
     assert replaced.returncode == 0, replaced.stderr
     assert replaced.stdout.startswith(f"{where(monitors[0])}: pid ") and ", worker 1 of 2," in replaced.stdout
     assert f"pid {states[0]['pid']}," not in replaced.stdout
+
+
+# -- what a page costs ------------------------------------------------------------------------
+
+
+class EveryEvent(LiveFeed):
+    """Counts the same events as the feed, never resting."""
+
+    def _add(self, event: str, task: yieldio.Task, detail: Any) -> None:
+        self.seq += 1
+
+
+def test_the_pages_feed_keeps_every_event_at_a_learners_pace_and_bursts_of_them_under_load() -> None:
+    kernel = Kernel()
+    pages = [True]
+    feed = LiveFeed(kernel, wanted=lambda: pages[0])
+    every = EveryEvent(kernel, wanted=lambda: True)
+
+    async def spin(turns: int) -> None:
+        for _ in range(turns):
+            await yieldio.sleep(0)
+
+    async def main() -> tuple[int, float | None, int, float | None]:
+        every.attach()
+        feed.attach()
+        await (await yieldio.spawn(spin(10))).join()
+        calm = (feed.seq - every.seq, feed.busy)
+        await (await yieldio.spawn(spin(20_000))).join()  # tens of thousands of events a second
+        busy = feed.busy
+        pages[0] = False  # the page closes: the feed does not come back from its rest
+        await yieldio.sleep(1.2)
+        return (*calm, feed.seq, busy)
+
+    calm_seq, calm_busy, seq, busy = kernel.run(main)
+    assert calm_busy is None and calm_seq == 0  # every event recorded
+    assert busy is not None and busy > 2000
+    assert seq < 2 * 20_000 / 4, seq  # bursts only: most of the 40,000 events were not recorded
+    assert feed not in kernel.instruments

@@ -65,6 +65,9 @@ Json = dict[str, Any]
 SAMPLE_INTERVAL = 0.01  # seconds between two looks at the task that runs
 BLOCKED_AFTER = 0.5  # a step longer than this holds the scheduler: ps says so first
 EVENTS_KEPT = 200  # scheduling events kept for the page's trace
+FEED_BURST = 200  # events recorded before the feed checks its pace
+FEED_RATE = 2000.0  # events a second past which the feed records bursts only
+FEED_REST = 1.0  # seconds between two bursts, then
 LOOP_CODE = Kernel._loop.__code__  # the kernel's loop: a running task's stack is what lies above it
 STACK_LIMIT = 64  # frames
 
@@ -154,6 +157,14 @@ def thread_stack(thread_id: int) -> list[Json]:
     return [frame_entry(frame) for frame in reversed(frames[:STACK_LIMIT])]
 
 
+def program() -> str:
+    """The command line this process runs, as it was typed (``yieldio serve ...``, not ``.../__main__.py``)."""
+    first = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    if first.endswith(os.path.join("yieldio", "__main__.py")):
+        first = "yieldio"
+    return " ".join([first, *sys.argv[1:]])
+
+
 # -- the sampler and the page's feed --------------------------------------------------------
 
 
@@ -196,15 +207,49 @@ class Sampler:
 
 
 class LiveFeed(Instrument):
-    """The last scheduling events, for the page's trace: an instrument, attached while a page is open."""
+    """The last scheduling events, for the page's trace: an instrument, attached while a page is open.
 
-    def __init__(self) -> None:
+    Every event is a Python call: under load (tens of thousands of events a second) recording them
+    all would cost the server a third of its CPU, for a trace nobody can read at that speed. So the
+    feed looks at its pace every FEED_BURST events: past FEED_RATE events a second, it detaches for
+    FEED_REST seconds and then records another burst; ``busy`` is the rate it saw (None when it keeps
+    up with every event). Kernel thread only, but for reading ``events``, ``seq`` and ``busy``.
+    """
+
+    def __init__(self, kernel: Kernel, wanted: Callable[[], bool]) -> None:
+        self.kernel = kernel
+        self.wanted = wanted  # whether a page is still open
         self.events: deque[tuple[int, float, str, Task, Any]] = deque(maxlen=EVENTS_KEPT)
         self.seq = 0
+        self.busy: float | None = None
+        self._attached = False
+        self._burst_began = 0.0
+        self._in_burst = 0
+
+    def attach(self) -> None:
+        if self.wanted() and not self._attached:
+            self.kernel.add_instrument(self)
+            self._attached = True
+            self._burst_began, self._in_burst = time.monotonic(), 0
+
+    def detach(self) -> None:
+        if self._attached:
+            self._attached = False
+            if self in self.kernel.instruments:
+                self.kernel.remove_instrument(self)
 
     def _add(self, event: str, task: Task, detail: Any) -> None:
         self.seq += 1
         self.events.append((self.seq, time.time(), event, task, detail))
+        self._in_burst += 1
+        if self._in_burst >= FEED_BURST:
+            now = time.monotonic()
+            rate = self._in_burst / max(now - self._burst_began, 1e-6)
+            self.busy = rate if rate > FEED_RATE else None
+            if self.busy is not None:
+                self.detach()
+                self.kernel.call_later(FEED_REST, lambda _: self.attach())
+            self._burst_began, self._in_burst = now, 0
 
     def task_spawned(self, task: Task) -> None:
         self._add("spawn", task, None)
@@ -294,7 +339,7 @@ class Monitor:
         self.about = dict(about or {})  # the endpoint's own facts: its address, the other workers
         self.kernel_thread = threading.get_ident()
         self.sampler = Sampler(kernel)
-        self.feed = LiveFeed()
+        self.feed = LiveFeed(kernel, wanted=lambda: self._pages > 0)
         self.gather_seconds = 0.0  # what the last snapshot cost the kernel's thread
         self.last_step: Json | None = None
         self.steps_reported = 0
@@ -508,7 +553,7 @@ class Monitor:
         with self._pages_lock:
             self._pages += 1
             if self._pages == 1:
-                self.kernel.call_soon_threadsafe(self._attach_feed)
+                self.kernel.call_soon_threadsafe(self.feed.attach)
 
     def page_closed(self) -> None:
         """The last page gone, the feed is detached, and a paused scheduler resumes: a learner who
@@ -518,15 +563,10 @@ class Monitor:
             if self._pages == 0:
                 self.kernel.call_soon_threadsafe(self._detach_feed)
 
-    def _attach_feed(self) -> None:
-        if self._pages and self.feed not in self.kernel.instruments:
-            self.kernel.add_instrument(self.feed)
-
     def _detach_feed(self) -> None:
         if self._pages:
             return
-        if self.feed in self.kernel.instruments:
-            self.kernel.remove_instrument(self.feed)
+        self.feed.detach()
         if self.kernel.holding:
             self.kernel.release()
             log.info("monitor: the last page closed: the scheduler resumes")
@@ -588,7 +628,7 @@ class Monitor:
         return {
             **self.about,
             "pid": os.getpid(),
-            "program": " ".join(sys.argv),
+            "program": program(),
             "time": snapshot.wall,
             "consistent": consistent,
             "note": None,
@@ -596,6 +636,7 @@ class Monitor:
             "stepping": snapshot.stepping,
             "read_only": self.read_only,
             "running": None if snapshot.running is None else snapshot.running.id,
+            "trace_busy": None if self.feed.busy is None else round(self.feed.busy),
             "counts": {"tasks": len(tasks), "ready": len(snapshot.ready)}
             | {area: len(by_area.get(area, [])) for area in ("recv_wait", "send_wait", "sleeping", "joined", "parked")},
             "tasks": shown(tasks),

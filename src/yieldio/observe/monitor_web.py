@@ -333,7 +333,8 @@ class _Handler(BaseHTTPRequestHandler):
             while not closing.is_set():
                 now = time.monotonic()
                 event, step = monitor.feed.seq, monitor.steps_reported
-                if event != seen_event or step != seen_step or now - pushed >= PUSH_EVERY:
+                busy = monitor.feed.busy is not None  # events come in bursts: push at the steady pace
+                if event != seen_event or step != seen_step or busy or now - pushed >= PUSH_EVERY:
                     state = monitor.state(blocked_after, limit=PAGE_LIMIT)
                     message = {
                         "state": state,

@@ -96,9 +96,17 @@ function render(s) {
   }
 
   $("read-only").hidden = !s.read_only;
-  $("pause").disabled = s.read_only || s.stepping;
-  $("step").disabled = s.read_only || !s.stepping;
-  $("resume").disabled = s.read_only || !s.stepping;
+  const held = s.read_only || s.blocked !== null; // a blocked scheduler takes no orders until it is free
+  $("pause").disabled = held || s.stepping;
+  $("step").disabled = held || !s.stepping;
+  $("resume").disabled = held || !s.stepping;
+  let next = "";
+  if (s.stepping) {
+    next = s.ready.length
+      ? "next: #" + s.ready[0] + " " + taskById(s.ready[0]).name + ", the front of tasks"
+      : "nothing is ready: the scheduler waits in poll()";
+  }
+  $("next").textContent = next;
 
   const counts = s.counts;
   const ready = s.ready.map((id) => {
@@ -127,6 +135,9 @@ function render(s) {
   fill($("other-waits"), others, "empty", counts.joined + counts.parked - others.length);
   tick();
 
+  $("trace-busy").textContent = s.trace_busy
+    ? "· busy, about " + s.trace_busy.toLocaleString() + " events a second: a burst of them is shown every second"
+    : "";
   $("counts").textContent = counts.tasks + " tasks";
   const body = $("task-table").tBodies[0];
   body.replaceChildren(...s.tasks.map((task) => {
