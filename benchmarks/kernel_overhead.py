@@ -6,9 +6,10 @@ own work can't be seen there. This script replaces the poller with one that
 reports every connection readable at once, and the sockets with C builtins
 (``recv_into`` and ``send`` are ``len``), then times the real kernel and the
 real echo handler on CPU time. It is how "tracing off costs nothing" was
-checked: run it on two checkouts and compare.
+checked: run it on two checkouts and compare; ``--watched`` measures the
+kernel a monitor watches (each task counting its steps).
 
-    python benchmarks/kernel_overhead.py [--src PATH] [--rounds N]
+    python benchmarks/kernel_overhead.py [--src PATH] [--rounds N] [--watched]
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ class _FakeClient:
         self.bytes_in = self.bytes_out = 0
 
 
-def measure(rounds: int) -> float:
+def measure(rounds: int, watched: bool = False) -> float:
     from yieldio.core.kernel import Kernel
     from yieldio.servers.echo import echo_handler
 
     fds = list(range(100, 100 + CONNECTIONS))
     kernel = Kernel(poller=_EveryoneReadable(fds, rounds))
+    if watched:
+        kernel.watch()  # as a monitor does: every task counts its steps
     clients: list[Any] = [_FakeClient(fd) for fd in fds]
     for client in clients:
         kernel.spawn(echo_handler(client, None, prefix=b""))
@@ -83,10 +86,11 @@ def main() -> None:
     parser.add_argument("--src", default=None, help="the src/ directory to import yieldio from")
     parser.add_argument("--rounds", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--watched", action="store_true", help="a watched kernel, as with --monitor")
     args = parser.parse_args()
     if args.src:
         sys.path.insert(0, args.src)
-    best = min(measure(args.rounds) for _ in range(args.repeat))
+    best = min(measure(args.rounds, args.watched) for _ in range(args.repeat))
     print(f"{best * 1e9:.0f} ns of kernel + handler work per echoed message (best of {args.repeat})")
 
 

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +314,8 @@ def test_sleepers_count_down_soonest_first_and_a_blocked_scheduler_is_shown_with
 class _ForeignPage(BaseHTTPRequestHandler):
     """A page of another origin that tries to pause the monitor (its address in the query)."""
 
+    timeout = 10  # a connection the browser opens ahead and never uses must not hold a thread for ever
+
     def do_GET(self) -> None:
         monitor = self.path.partition("?")[2]
         body = f"""<!doctype html><title>foreign</title><script>
@@ -341,7 +343,8 @@ def test_a_page_of_another_name_or_origin_gets_nothing(
     until(browser, lambda d: "refused (DNS rebinding)" in d.page_source, "the refusal")
     screenshots(browser, "rebound-host")
 
-    foreign = HTTPServer(("127.0.0.1", 0), _ForeignPage)
+    foreign = ThreadingHTTPServer(("127.0.0.1", 0), _ForeignPage)
+    foreign.daemon_threads = True
     thread = threading.Thread(target=foreign.serve_forever, daemon=True)
     thread.start()
     try:

@@ -235,6 +235,7 @@ def allowed_hosts(local: tuple[Any, ...], bound_host: str) -> set[str]:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "yieldio-monitor"
+    timeout = 30  # seconds a connection may sit idle (a browser opens some ahead, and may never use them)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("monitor: %s %s", self.address_string(), format % args)

@@ -35,9 +35,10 @@ function taskById(id) {
 
 function chip(id) {
   const task = taskById(id);
-  const node = el("span", "chip" + (state.running === id ? " running" : ""), "#" + id + " " + task.name);
+  const node = el("span", "chip" + (state.running === id ? " running" : ""));
+  node.appendChild(el("span", "label", "#" + id + " " + task.name));
   node.dataset.id = id;
-  if (task.peer) node.appendChild(el("span", "peer", task.peer));
+  if (task.peer) node.append(" ", el("span", "peer", task.peer)); // the space: where a narrow column breaks it
   node.addEventListener("click", () => select(id));
   return node;
 }
