@@ -133,7 +133,7 @@ class Results:
         report |= {
             "elapsed_s": round(self.elapsed, 6),
             "requests": values["requests"],
-            "sent": values["sent"],
+            "sent": values["sent"] or values["requests"],  # (streams count their sends as requests)
             "errors": self.errors,
             "errors_by_kind": dict(self.counts.errors),
             "mismatches": self.counts.errors.get("mismatch", 0),

@@ -228,6 +228,9 @@ class Load:
         """Open every connection, then load until done; ``first`` is an already open one (the probe)."""
         plan = self.plan
         self.kernel = current_kernel()
+        # open loop: each send is due at a moment of its own, which the poll's millisecond timeout would
+        # miss by up to a millisecond, all of it counted as latency
+        self.kernel.precise_timers = plan.rate is not None
         sweeper = self.kernel.call_later(self._sweep_every(), self._sweep)
         try:
             async with TaskGroup() as group:
@@ -392,9 +395,9 @@ def _stream_requests(
             else:
                 began = schedule(sent + done)
                 if began > now:
-                    yield from _sleep_until(began)
+                    yield from traps.sleep(began - now)  # the kernel keeps precise timers (see Load.run)
                     now = clock()
-                elif now - began > 0.001 and tally.measuring:
+                if now - began > 0.001 and tally.measuring:
                     tally.behind += 1
             inflight[index] = now
             try:
@@ -441,14 +444,6 @@ def _slow_echo(client: Socket, message: bytes, prefix: bytes, data: bytes, sent:
             data = yield from client.recv(RECV_SIZE)
     except Mismatch as wrong:
         raise _ConnectionFault("mismatch", f"request {sent + 1}: {wrong}", 0) from None
-
-
-@types.coroutine
-def _sleep_until(deadline: float) -> Generator[Any, Any, None]:
-    """Sleep until ``deadline`` (perf_counter): the poll's millisecond timer for the most of it,
-    then a few turns of the ready queue, so an open loop sends within microseconds of its time."""
-    while (left := deadline - time.perf_counter()) > 0:
-        yield from traps.sleep(left - 0.0015 if left > 0.002 else 0)
 
 
 class _DatagramFlow:
@@ -498,8 +493,9 @@ class _DatagramFlow:
                     began = schedule(i)
                     now = time.perf_counter()
                     if began > now:
-                        await _sleep_until(began)
-                    elif now - began > 0.001 and load.tally.measuring:
+                        await traps.sleep(began - now)
+                        now = time.perf_counter()
+                    if now - began > 0.001 and load.tally.measuring:
                         load.tally.behind += 1
                 datagram = load.messages[number]
                 self.pending[number] = (began, time.perf_counter())

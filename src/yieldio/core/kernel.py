@@ -218,6 +218,10 @@ class Kernel:
         self.instruments: list[Instrument] = []  # see yieldio.core.hooks; empty: the hot loop pays one test
         self.hooks = HookIndex()  # per event, the hooks the instruments define
         self.stopping = False
+        # Timers fire within microseconds, not within the millisecond the poll's timeout is counted in: the
+        # last millisecond before a deadline is spent polling without waiting. For an open-loop load
+        # generator, whose every send is due at a moment of its own; it costs that millisecond's CPU.
+        self.precise_timers = False
         self.watched = False  # see watch(): tasks count their steps, and step mode is possible
         self._held: deque[Task] | None = None  # in step mode, the ready tasks held back (see hold())
         self._let_through: Task | None = None  # the held task step() lets run, until its step is done
@@ -483,6 +487,8 @@ class Kernel:
                 timeout = 0.0
             elif timers:
                 timeout = max(timers[0].deadline - monotonic(), 0.0)
+                if self.precise_timers:  # the poll's timeout is whole milliseconds, rounded up: wait less, poll again
+                    timeout = timeout - 0.001 if timeout > 0.001 else 0.0
             elif readers or writers or self._from_threads or threading.active_count() > 1:
                 timeout = -1.0  # (another thread may yet hand work over: see call_soon_threadsafe)
             else:
