@@ -30,10 +30,12 @@ what it yielded and where it went (``recv_wait[fd 9]``, back to ``tasks``...).
 *What it costs.* A kernel with no monitor pays nothing but a test of a local
 per step. With one, the kernel is watched: each task counts its steps (an
 integer added to per step). A task's run time is not timed but sampled: every
-10 ms the sampler notes which task runs and credits it with the time since
+20 ms the sampler notes which task runs and credits it with the time since
 the last sample. Two clock reads per step would cost more than the whole
-budget the monitor has (3 % of an echoed message's 5 µs), and a sampler costs
-the kernel nothing between samples. The last scheduling events (the page's
+budget the monitor has (3 % of an echoed message's 5 µs); the sampler costs
+a wake-up every 20 ms (some 4 ms of CPU a second on a virtual machine whose
+timers are slow) and nothing between them, and looks less often, down to
+every 100 ms, while the kernel is seen idle. The last scheduling events (the page's
 trace) come from an instrument attached only while a page is open.
 
 The words are the tutorial's: the ready queue is ``tasks``, the waiting areas
@@ -62,7 +64,8 @@ log = logging.getLogger("yieldio")
 
 Json = dict[str, Any]
 
-SAMPLE_INTERVAL = 0.01  # seconds between two looks at the task that runs
+SAMPLE_INTERVAL = 0.02  # seconds between two looks at the task that runs
+IDLE_INTERVAL = 0.1  # ... up to this long, while the kernel is seen running none
 BLOCKED_AFTER = 0.5  # a step longer than this holds the scheduler: ps says so first
 EVENTS_KEPT = 200  # scheduling events kept for the page's trace
 FEED_BURST = 200  # events recorded before the feed checks its pace
@@ -176,28 +179,32 @@ class Sampler:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.step: tuple[CountedTask, int, float] | None = None  # (task, its step number, first seen)
-        self._stop = threading.Event()
+        self._sampling = True
         self._thread = threading.Thread(target=self._run, name="yieldio monitor: sampler", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._sampling = False
         self._thread.join(1.0)
 
     def _run(self) -> None:
         last = time.monotonic()
-        while not self._stop.wait(SAMPLE_INTERVAL):
+        interval = SAMPLE_INTERVAL
+        while self._sampling:
+            time.sleep(interval)  # half the CPU of Event.wait(timeout) per wake-up, which matters here
             now = time.monotonic()
             task = self.kernel.current
             if isinstance(task, CountedTask):
-                task.run_time += now - last
+                task.run_time += now - last  # each look stands for the time since the last one
                 step = self.step
                 if step is None or step[0] is not task or step[1] != task.steps:
                     self.step = (task, task.steps, now)
+                interval = SAMPLE_INTERVAL
             else:
                 self.step = None
+                interval = min(interval * 2, IDLE_INTERVAL)  # an idle program is looked at less and less often
             last = now
 
     def running(self) -> tuple[CountedTask, float] | None:
@@ -417,8 +424,7 @@ class Monitor:
                 "stack": thread_stack(self.kernel_thread),
             }
             state["note"] = (
-                f"the scheduler is blocked: task {task.id} has held it for {seconds:.1f}s; "
-                "this was read from the monitor's thread"
+                "read from the monitor's thread while the scheduler is blocked: a moment may separate two lines"
             )
         else:
             state["note"] = (
