@@ -361,6 +361,18 @@ def test_top_redraws_the_table_until_ctrl_c(programs: list[ChildProcess]) -> Non
     assert top.exitstatus == 0, top.before
 
 
+def test_top_without_rich_says_which_extra_brings_it(programs: list[ChildProcess], tmp_path: Path) -> None:
+    _, monitor, _ = start_tutorial(programs)
+    (tmp_path / "rich.py").write_text("raise ImportError('rich is not installed here')\n")
+    env = python_env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    done = subprocess.run(
+        yieldio_command("top", where(monitor)), env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr == "yieldio top: rich is not installed: pip install 'yieldio[monitor]'\n"
+
+
 # -- yieldio serve --monitor ------------------------------------------------------------------
 
 

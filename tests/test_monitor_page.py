@@ -190,6 +190,9 @@ def test_a_click_shows_a_tasks_stack_and_cancel_closes_exactly_that_connection(
         client.say(line, b"GOT:" + line)
     doomed, bystander = netcats
     open_page(browser, monitor_address(server))
+    # the first render (the one that made the page live) already shows each connection's peer
+    assert doomed.local_address() in text_of(browser, "recv-wait")
+    assert bystander.local_address() in text_of(browser, "recv-wait")
     until(browser, lambda d: row_of(d, doomed.local_address()), "the connection in the task table").click()
     until(browser, shows("detail-title", "echo_handler", doomed.local_address()), "the task's detail")
     until(browser, shows("stack", "servers/echo.py"), "its stack, down to the echo loop")

@@ -212,7 +212,7 @@ def top(client: MonitorClient, blocked_after: float, interval: float) -> int:
         from rich.table import Table
         from rich.text import Text
     except ImportError:
-        raise MonitorUnavailable(f"top needs rich: pip install '{EXTRA}'") from None
+        raise MonitorUnavailable(f"rich is not installed: pip install '{EXTRA}'") from None
 
     def view(state: Json) -> Group:
         header = [

@@ -244,7 +244,9 @@ $("cancel").addEventListener("click", () => {
   if (selected !== null) act("/api/task/" + selected + "/cancel", "detail-note");
 });
 
-const source = new EventSource(withToken("/api/events"));
+// ?blocked_after=SECONDS in the page's address is the threshold of the blocked panel (0.5 s by default)
+const threshold = new URLSearchParams(location.search).get("blocked_after");
+const source = new EventSource(withToken("/api/events" + (threshold ? "?blocked_after=" + encodeURIComponent(threshold) : "")));
 source.onmessage = (message) => {
   const data = JSON.parse(message.data);
   render(data.state);
