@@ -198,3 +198,11 @@ def test_sigterm_after_stopped_ends_with_status_0(serve_process: ProcessServers)
         server.proc.send_signal(signal.SIGTERM)  # Popen checks that it has not reaped the process
         time.sleep(0.001)
     assert server.proc.returncode == 0, server.tail()
+
+
+def test_sigterm_as_soon_as_it_says_it_listens_stops_it_cleanly(serve_process: ProcessServers) -> None:
+    for _ in range(15):  # the line comes just before the kernel's own handlers are in place
+        server = serve_process()  # returns as it reads the "listening on" line
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(15) == 0, server.tail()
+        server.wait_log(b"INFO stopped\n")

@@ -336,7 +336,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     def serve_here(listeners: list[Listener], gatherer: socket.socket | None = None, slot: int = 0) -> int:
         async def echo_server() -> None:
-            outside.kernel_started = True
+            if outside.kernel_starts():
+                return
             counted = [(listener.label, listener.stats) for listener in listeners]
             endpoint = None
             if gatherer is not None:  # a worker: the metrics process asks for its counts
@@ -365,6 +366,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return 0
 
     if not reuse_port:
+        outside.defer()
         say_where()
         return serve_here(listeners)
 
@@ -380,6 +382,7 @@ def serve_command(args: argparse.Namespace) -> int:
             end.close()
 
     def worker(slot: int, ready: Callable[[], None]) -> int:
+        outside.defer()
         gatherer = pairs[slot][1] if pairs else None
         keep_only(slots[slot], [] if gatherer is None else [gatherer])
         for other in monitors[:slot] + monitors[slot + 1 :]:  # one monitor per worker: its slot's
@@ -388,6 +391,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return serve_here(slots[slot], gatherer, slot)
 
     def metrics_process(ready: Callable[[], None]) -> int:
+        outside.defer()
         keep_only(metrics, [mine for mine, _ in pairs])
         for sock in monitors:
             sock.close()
@@ -395,7 +399,8 @@ def serve_command(args: argparse.Namespace) -> int:
         ready()
 
         async def endpoint() -> None:
-            outside.kernel_started = True
+            if outside.kernel_starts():
+                return
             await serve_all([], options, (metrics[0], make_metrics_handler(gatherer.gather)))
 
         run(endpoint)
@@ -426,26 +431,45 @@ def serve_command(args: argparse.Namespace) -> int:
 class _OutsideTheKernel:
     """SIGTERM and SIGINT while no kernel of this process handles them.
 
-    Before the kernel has started, a signal does what it always did: the process ends by it. Once
-    the kernel has run, the server has stopped and the process is on its way out: a repeated
-    signal (a supervisor that sends SIGTERM twice, a second Ctrl-C) is ignored, so that the process
-    ends with exit status 0, not by that signal. In between, the kernel's own handlers are in place
-    (the first signal shuts the server down, a second closes what is left), and they give these
-    back when it ends. A worker's parent ignores them itself once it has stopped (``supervise``).
+    At first a signal does what it always did: the process ends by it. From :meth:`defer` on (this
+    process will run a kernel: it is about to say that it listens, or it is a worker) a signal is
+    kept, and the kernel, as it starts, stops at once (:meth:`kernel_starts`): a supervisor that
+    sends SIGTERM as soon as it reads ``listening on`` gets a clean exit. Once the kernel has run,
+    the server has stopped and the process is on its way out: a repeated signal (a supervisor
+    that sends SIGTERM twice, a second Ctrl-C) is ignored, so that the process ends with exit
+    status 0, not by that signal. In between, the kernel's own handlers are in place (the first
+    signal shuts the server down, a second closes what is left), and they give these back when it
+    ends. A worker's parent waits for signals itself, blocked, and ignores them once it has stopped
+    (``supervise``).
     """
 
     def __init__(self) -> None:
+        self.deferred = False
+        self.kept: int | None = None
         self.kernel_started = False
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.received)
 
+    def defer(self) -> None:
+        self.deferred = True
+
     def received(self, signum: int, frame: FrameType | None) -> None:
         if self.kernel_started:
             return
+        if self.deferred:
+            self.kept = self.kept or signum
+            return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+    def kernel_starts(self) -> bool:
+        """Called first thing in the kernel: whether a signal came before it, and it must stop at once."""
+        self.kernel_started = True
+        if self.kept is not None:
+            log.info("%s received: shutting down", signal.Signals(self.kept).name)
+        return self.kept is not None
 
     def kernel_done(self) -> None:
         """Ignore them from now on in the system itself: Python puts back the default action of every
