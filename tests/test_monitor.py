@@ -231,6 +231,15 @@ def test_step_mode_runs_the_tutorials_handler_one_step_at_a_time(programs: list[
         events.close()
 
 
+def test_a_paused_scheduler_still_stops_on_ctrl_c(programs: list[ChildProcess]) -> None:
+    program, monitor, port = start_tutorial(programs)
+    with connect(("127.0.0.1", port)) as client:
+        assert http_request(monitor, "POST", "/api/pause", {"Host": where(monitor)}) == (200, {"stepping": True})
+        client.sendall(b"held\n")  # its handler is woken and held: it will not run again
+        # the runner's signal watcher is a daemon task, which step mode does not hold: Ctrl-C is still heard
+        assert program.stop(signal.SIGINT) == 0, program.tail()
+
+
 # -- a blocked scheduler --------------------------------------------------------------------
 
 
