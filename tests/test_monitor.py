@@ -25,7 +25,13 @@ import pytest
 import yieldio
 from yieldio import Kernel
 from yieldio.observe.monitor import LiveFeed
-from yieldio.observe.monitor_web import BadAddress, parse_command_address, parse_monitor_address, token_for
+from yieldio.observe.monitor_web import (
+    BadAddress,
+    allowed_hosts,
+    parse_command_address,
+    parse_monitor_address,
+    token_for,
+)
 
 from .harness import (
     MONITOR_AT,
@@ -129,6 +135,14 @@ def test_a_monitor_address_is_loopback_unless_one_is_named() -> None:
     assert parse_command_address(":9") == ("127.0.0.1", 9)
     with pytest.raises(BadAddress, match="with a colon"):
         parse_command_address("9")
+
+
+def test_the_host_header_must_name_the_address_connected_to() -> None:
+    assert allowed_hosts(("127.0.0.1", 9), "127.0.0.1") == {"127.0.0.1:9", "localhost:9", "[::1]:9"}
+    assert allowed_hosts(("192.0.2.7", 9), "0.0.0.0") == {"192.0.2.7:9"}
+    # a dual-stack socket's IPv4 client: the address it typed, not the mapped form
+    assert allowed_hosts(("::ffff:192.0.2.7", 9, 0, 0), "::") == {"192.0.2.7:9"}
+    assert allowed_hosts(("2001:db8::1", 80, 0, 0), "::") == {"[2001:db8::1]:80", "[2001:db8::1]"}
 
 
 def test_any_address_but_loopback_needs_a_token_and_one_is_made_if_none_is_given() -> None:

@@ -115,11 +115,16 @@ def parse_command_address(text: str) -> tuple[str, int]:
     return parse_monitor_address(text)
 
 
-def is_loopback(host: str) -> bool:
+def plain_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address, IPv4 when it is an IPv4 address mapped into IPv6 (a dual-stack socket's peers)."""
     address = ipaddress.ip_address(host)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback(host: str) -> bool:
+    return plain_address(host).is_loopback
 
 
 def open_monitor_socket(host: str, port: int) -> socket.socket:
@@ -222,7 +227,7 @@ def monitor_extension(
 def allowed_hosts(local: tuple[Any, ...], bound_host: str) -> set[str]:
     """The Host headers a request may carry, with the port: the address the client connected to, the one
     the monitor is bound to (unless it is a wildcard), and on loopback the usual names of loopback."""
-    address, port = str(local[0]), int(local[1])
+    address, port = str(plain_address(str(local[0]))), int(local[1])
     names = {address}
     if bound_host not in ("0.0.0.0", "::"):
         names.add(bound_host)
