@@ -794,3 +794,7 @@ class Netcat:
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+# yieldio serve's flags for who answered, injected faults and structured logs
+SERVE_FLAGS = (*SERVE_FLAGS, "--log-format")  # type: ignore[assignment]

@@ -40,5 +40,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     resolve = getattr(args, "resolve", None)
     if resolve is not None:
         resolve(parser, args, environ)
-    setup_logging(getattr(args, "log_level", "warning"))
+    setup_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
     return int(args.func(args))

@@ -2,12 +2,19 @@
 
 A usage error is one line and exit status 2, never a usage block or a traceback; a
 value from the environment is checked by its flag's own type and choices, and a bad
-one names the variable.
+one names the variable and its flag (a bad flag, its variable too).
+
+Logs go to stderr as text, or as JSON lines (``--log-format json``), one object per line
+that a cluster's log collector reads without a pattern: ``time`` (UTC, ISO 8601),
+``level``, ``message``, and what a line about a connection adds (``listener``,
+``client``; at its close ``bytes_in`` and ``bytes_out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -21,9 +28,16 @@ announce = logging.getLogger("yieldio.announce")
 
 
 class CommandParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, not a usage block."""
+    """argparse, but a usage error is one line, not a usage block; a bad flag's line names its variable."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.variables: dict[str, str] = {}  # flag -> the variable that may set it (FromEnvironment)
 
     def error(self, message: str) -> NoReturn:
+        flag = message.removeprefix("argument ").partition(":")[0] if message.startswith("argument --") else ""
+        if flag in self.variables:
+            message += f" [env {self.variables[flag]}]"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -74,6 +88,8 @@ class FromEnvironment:
         shown = "" if default is None or kwargs.get("action") == "store_true" else f" (default: {default})"
         action = parser.add_argument(flag, default=None, help=f"{help}{shown} [env {env}]", **kwargs)
         self.options.append((action, env, default))
+        if isinstance(parser, CommandParser):
+            parser.variables[flag] = env
 
     def apply(self, parser: argparse.ArgumentParser, args: argparse.Namespace, environ: dict[str, str]) -> None:
         for action, env, default in self.options:
@@ -85,18 +101,19 @@ class FromEnvironment:
 
     @staticmethod
     def _convert(parser: argparse.ArgumentParser, action: argparse.Action, env: str, text: str) -> Any:
+        flag = f" [flag {action.option_strings[0]}]"
         if action.nargs == 0:  # a switch (store_true)
             if text.strip().lower() in ("1", "true", "yes", "on"):
                 return True
             if text.strip().lower() in ("", "0", "false", "no", "off"):
                 return False
-            parser.error(f"{env}={text!r}: use 1 or 0")
+            parser.error(f"{env}={text!r}: use 1 or 0{flag}")
         try:
             value = action.type(text) if callable(action.type) else text
         except (argparse.ArgumentTypeError, ValueError) as error:
-            parser.error(f"{env}={text!r}: {error}")
+            parser.error(f"{env}={text!r}: {error}{flag}")
         if action.choices is not None and value not in action.choices:
-            parser.error(f"{env}={text!r}: choose from {', '.join(map(str, action.choices))}")
+            parser.error(f"{env}={text!r}: choose from {', '.join(map(str, action.choices))}{flag}")
         return value
 
 
@@ -112,7 +129,46 @@ def add_log_level(parser: argparse.ArgumentParser, env: FromEnvironment, default
     )
 
 
-def setup_logging(level: str) -> None:
-    """Log lines on stderr at ``level``; the announcements (where a server listens) at any level."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+def add_log_format(parser: argparse.ArgumentParser, env: FromEnvironment) -> None:
+    """--log-format: text for a person, JSON lines for a cluster's log collector."""
+    env.add(
+        parser,
+        "--log-format",
+        "YIELDIO_LOG_FORMAT",
+        "text",
+        choices=("text", "json"),
+        help="text, or json: one object per line (time, level, message; listener, client, "
+        "and bytes_in, bytes_out at a connection's close)",
+    )
+
+
+class JsonLines(logging.Formatter):
+    """A log record as one JSON object on one line (see the module)."""
+
+    FIELDS = ("listener", "client", "bytes_in", "bytes_out")
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        line: dict[str, Any] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Log lines on stderr at ``level``, as text or JSON lines; the announcements (where a server listens)
+    at any level."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     announce.setLevel(logging.INFO)

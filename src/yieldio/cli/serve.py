@@ -44,7 +44,7 @@ from ..servers.listeners import (
 from ..servers.proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
 from ..servers.stream import ServerOptions
 from ..servers.workers import Aside, supervise
-from .flags import FromEnvironment, add_log_level, announce, count, listen_port, listen_url, seconds
+from .flags import FromEnvironment, add_log_format, add_log_level, announce, count, listen_port, listen_url, seconds
 
 log = logging.getLogger("yieldio")
 
@@ -210,6 +210,7 @@ def add_parser(commands: Any) -> FromEnvironment:
         help="the monitor shows everything and changes nothing: no cancel, no step mode",
     )
     add_log_level(serve, env, "info")
+    add_log_format(serve, env)
     serve.set_defaults(func=serve_command, resolve=resolve_listen_urls)
     return env
 

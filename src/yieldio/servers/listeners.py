@@ -165,7 +165,9 @@ def serve_listener(listener: Listener, options: EchoOptions) -> Generator[Any, A
             prefix = options.prefix
             yield from serve_datagrams(listener.sock, lambda data, _: prefix + data, counters=listener.stats)
         else:
-            server = options.server if listener.url.kind == "tls" else replace(options.server, ssl=None)
+            server = replace(options.server, label=listener.label)
+            if listener.url.kind != "tls":
+                server = replace(server, ssl=None)
             yield from serve(listener.sock, options.handler, server, stats=listener.stats)
 
 

@@ -34,6 +34,17 @@ adds is here, around that loop, never inside a connection's per-message path:
   handler is given the original client's address instead of the balancer's.
   A missing, malformed or late header closes that connection with one log
   line. (TLS comes after the header, as proxies send it.)
+- a connection's opening is logged (INFO) once its first byte arrives: one
+  that closes without sending a byte (a load balancer's or Kubernetes'
+  TCP probe) is logged at DEBUG only, and never reaches the handler. With
+  ``banner`` the server greets each connection first (after its PROXY
+  header and TLS handshake), before it waits for the client. Whatever
+  runs before the handler (the greeting, the wait for the first byte, the
+  PROXY header, the handshake) runs in a task of its own, which hands the
+  connection over to a task running the handler: so the handler's task is
+  still the handler itself, with no frame of ours to pass through per
+  message. Log lines about a connection carry ``listener`` and ``client``
+  (and, at its close, ``bytes_in`` and ``bytes_out``) for a structured log;
 - a :class:`ServerStats` counts what happened (connections accepted and
   open, bytes in and out, accept pauses, failed handshakes, rejected PROXY
   headers) from what the server keeps anyway: bytes are summed from the
@@ -102,6 +113,9 @@ class ServerOptions:
     - ``proxy_protocol``: each connection must begin with a PROXY protocol header, within
       ``proxy_timeout`` seconds; the handler then gets the original client's address;
     - ``log_connections``: the INFO lines of each connection opening and closing;
+    - ``label``: how the log lines about its connections name the listener (``listener``; default: its address);
+    - ``banner``: ``banner(address)`` is sent to each connection once it opens (after its PROXY header
+      and TLS handshake, before the client has said anything), ``address`` being the client's;
     - ``backlog``, ``reuse_port``: for the functions that open their own listening socket.
     """
 
@@ -113,6 +127,8 @@ class ServerOptions:
     proxy_protocol: bool = False
     proxy_timeout: float = PROXY_HEADER_TIMEOUT
     log_connections: bool = True
+    label: str | None = None
+    banner: Callable[[Any], bytes] | None = None
     backlog: int = 1024
     reuse_port: bool = False
 
@@ -197,8 +213,11 @@ class _Connections:
     moved since ``idle_timeout`` ago is cancelled.
     """
 
-    def __init__(self, kernel: Kernel, handler: Handler, options: ServerOptions, stats: ServerStats | None) -> None:
+    def __init__(
+        self, kernel: Kernel, handler: Handler, options: ServerOptions, stats: ServerStats | None, label: str
+    ) -> None:
         self.kernel = kernel
+        self.label = label
         self.handler = handler
         self.handler_name = getattr(handler, "__qualname__", "handler")
         self.options = options
@@ -210,9 +229,15 @@ class _Connections:
         self.stats = stats or ServerStats()
         self.stats._connections = self
         self.log_connections = options.log_connections
-        # connections whose opening was not logged (their PROXY header is awaited, or was
-        # refused): their closing is not logged either, so a refusal is one line
-        self.unannounced: set[Task] = set()
+        self.banner = options.banner
+        # An opening is logged at the first byte (a probe sends none), which a task must wait for
+        # before the handler runs; so must a greeting, a PROXY header or a TLS handshake. A server
+        # that needs none of them (logging at WARNING, say) starts the handler at once.
+        self.announcing = self.log_connections and log.isEnabledFor(logging.INFO)
+        self.opens_first = self.announcing or self.banner is not None or self.tls is not None or self.proxy_protocol
+        # connections whose opening was not logged at INFO (not yet, or never: a probe, a refused
+        # PROXY header): their closing is logged at DEBUG, so a probe says nothing and a refusal one line
+        self.quiet: set[_Accepted] = set()
         self.open = 0  # connections whose task has not ended
         self.slot_waiters: list[Task] = []
         self.activity: dict[Task, tuple[int, float]] = {}  # task -> (bytes_in seen, when it last moved)
@@ -222,62 +247,113 @@ class _Connections:
 
     def start(self, sock: socket.socket, address: Any) -> None:
         # The handler's own generator or coroutine is the task (no wrapper
-        # around it, which would cost a frame per message); the cleanup runs
-        # in closed() when the kernel reports the task's end.
+        # around it, which would cost a frame per message); what must come
+        # first runs in a task of its own (opening), which hands over to it.
+        # The cleanup runs in closed() when the kernel reports the task's end.
         client = _Accepted(sock, self, address)
-        peer = format_address(address)
         try:
-            if self.tls is None and not self.proxy_protocol:
-                coro = self.handler(client, address)
-            else:
-                coro = self.prelude_first(client, address)
+            coro = self.opening(client, address) if self.opens_first else self.handler(client, address)
             task = self.kernel.spawn(coro, name=self.handler_name)  # the peer is in its socket, its supervisor
         except Exception:
-            log.exception("connection %s: could not start %s", peer, self.handler_name)
+            log.exception("connection %s: could not start %s", format_address(address), self.handler_name)
             client.close()
             return
         task.supervisor = client
         self.open += 1
         self.stats.accepted += 1
-        if self.proxy_protocol or not self.log_connections:
-            self.unannounced.add(task)
-        else:
-            log.info("connection from %s", peer)
+        self.quiet.add(client)
         if self.idle_timeout:
             self.activity[task] = (client.bytes_in, time.monotonic())
 
+    def fields(self, peer: Any) -> dict[str, Any]:
+        """What a structured log line about a connection says besides its message."""
+        return {"listener": self.label, "client": format_address(peer)}
+
     @types.coroutine
-    def prelude_first(self, client: _Accepted, address: Any) -> Generator[Any, Any, Any]:
-        """The task of a connection that begins with a PROXY header or a TLS handshake (or both, in
-        that order): those first, then the handler, which a connection that fails them never reaches."""
+    def opening(self, client: _Accepted, address: Any) -> Generator[Any, Any, None]:
+        """A connection's first task: the greeting (before anything else, unless a PROXY header or a TLS
+        handshake must come first), the first byte (none: a probe, which ends here), the PROXY header,
+        the TLS handshake; then it hands the connection over to a task running the handler. The PROXY
+        timeout, or else the handshake timeout, runs from the start: a client that sends nothing is
+        refused when it is over, as one that sends part of its header or handshake."""
+        limit = self.options.proxy_timeout if self.proxy_protocol else self.options.handshake_timeout
+        deadline = time.monotonic() + limit
+        plain = self.tls is None and not self.proxy_protocol  # nothing to wait for but the client
+        if plain:
+            yield from self.greet(client, address)
+        try:
+            first = _first_byte(client)
+            spoke = yield from (first if plain else timeout_after(limit, first))
+        except TaskTimeout:  # said as a header or a handshake that has not begun would be
+            silent = (
+                f"no complete PROXY header within {limit:g}s (0 bytes received)"
+                if self.proxy_protocol
+                else f"TLS handshake not done after {limit}s"
+            )
+            self.refuse(address, silent, header=self.proxy_protocol)
+            return
+        if not spoke:
+            log.debug("connection from %s: closed without a byte", format_address(address), extra=self.fields(address))
+            return
         if self.proxy_protocol:
             try:
-                header = yield from read_proxy_header(client, self.options.proxy_timeout)
+                header = yield from read_proxy_header(client, max(deadline - time.monotonic(), 0.001))
             except (ProxyProtocolError, OSError) as error:
-                self.stats.proxy_rejections += 1
-                log.warning("connection %s: rejected: %s", format_address(address), error)
-                return None
-            task = yield from traps.current_task()
-            if self.log_connections:
-                self.unannounced.discard(task)
+                self.refuse(address, str(error), header=True)
+                return
             if header.source is not None:
                 client.peer = header.source
-                if self.log_connections:
-                    log.info("connection from %s via %s", format_address(header.source), format_address(address))
+                self.announce(client, "connection from %s via %s", header.source, format_address(address))
                 address = header.source
-            elif self.log_connections:  # LOCAL (the proxy's own health check) or UNKNOWN: its own address
-                log.info("connection from %s (PROXY %s)", format_address(address), header.command)
+            else:  # LOCAL (the proxy's own health check) or UNKNOWN: its own address
+                self.announce(client, "connection from %s (PROXY %s)", address, header.command)
+        else:
+            self.announce(client, "connection from %s", address)
         if self.tls is not None:
+            left = self.options.handshake_timeout if self.proxy_protocol else max(deadline - time.monotonic(), 0.001)
             try:
-                yield from client.start_tls(
-                    self.tls, server_side=True, handshake_timeout=self.options.handshake_timeout
-                )
+                yield from client.start_tls(self.tls, server_side=True, handshake_timeout=left)
             except OSError as error:  # ssl.SSLError, a reset, or TaskTimeout (a TimeoutError)
-                self.stats.handshake_failures += 1
                 reason = str(error) or type(error).__name__
-                log.warning("connection %s: TLS handshake failed: %s", format_address(address), reason)
-                return None
-        return (yield from traps.run_awaitable(self.handler(client, address)))
+                if isinstance(error, TaskTimeout):  # the whole time it had, not what was left after the first byte
+                    reason = f"TLS handshake not done after {self.options.handshake_timeout}s"
+                self.refuse(address, reason, header=False)
+                return
+        if not plain:
+            yield from self.greet(client, address)
+        me = yield from traps.current_task()
+        try:
+            task = self.kernel.spawn(self.handler(client, address), name=self.handler_name)
+        except Exception:
+            log.exception("connection %s: could not start %s", format_address(address), self.handler_name)
+            return  # this task ends as the connection's: closed() closes it
+        task.supervisor = client
+        me.supervisor = None  # handed over: its end is not the connection's
+        if self.idle_timeout:
+            self.activity[task] = self.activity.pop(me, (client.bytes_in, time.monotonic()))
+
+    @types.coroutine
+    def greet(self, client: _Accepted, address: Any) -> Generator[Any, Any, None]:
+        if self.banner is not None:
+            with contextlib.suppress(ConnectionError):  # gone already: the next read will say so
+                yield from client.sendall(self.banner(address))
+
+    def announce(self, client: _Accepted, message: str, peer: Any, *args: Any) -> None:
+        """The connection's opening, at INFO: it has sent something."""
+        if self.announcing:
+            self.quiet.discard(client)
+            log.info(message, format_address(peer), *args, extra=self.fields(peer))
+
+    def refuse(self, address: Any, reason: str, *, header: bool) -> None:
+        """A PROXY ``header`` or a TLS handshake that failed, or never came: one warning, and counted."""
+        if header:
+            self.stats.proxy_rejections += 1
+            log.warning("connection %s: rejected: %s", format_address(address), reason, extra=self.fields(address))
+        else:
+            self.stats.handshake_failures += 1
+            log.warning(
+                "connection %s: TLS handshake failed: %s", format_address(address), reason, extra=self.fields(address)
+            )
 
     def open_clients(self) -> list[_Accepted]:
         """The sockets of the open connections; safe to call from another thread (a metrics scrape):
@@ -297,10 +373,12 @@ class _Connections:
         error = task.exception
         if error is not None and not isinstance(error, Cancelled):
             log.error("connection %s: %r failed", format_address(address), task.name, exc_info=error)
-        if task in self.unannounced:
-            self.unannounced.discard(task)
+        fields = self.fields(address) | {"bytes_in": client.bytes_in, "bytes_out": client.bytes_out}
+        if client in self.quiet:
+            self.quiet.discard(client)
+            log.debug("connection closed %s", format_address(address), extra=fields)
         else:
-            log.info("connection closed %s", format_address(address))
+            log.info("connection closed %s", format_address(address), extra=fields)
 
     def sweep(self, _: Any = None) -> None:
         assert self.idle_timeout
@@ -311,7 +389,12 @@ class _Connections:
             if received != seen:
                 self.activity[task] = (received, now)
             elif now - since >= self.idle_timeout:
-                log.info("closing %s: idle for %ss", format_address(client.peer), self.idle_timeout)
+                log.info(
+                    "closing %s: idle for %ss",
+                    format_address(client.peer),
+                    self.idle_timeout,
+                    extra=self.fields(client.peer),
+                )
                 del self.activity[task]
                 self.kernel.cancel_nowait(task)
         self.sweeper = self.kernel.call_later(self.idle_timeout / 4, self.sweep)
@@ -323,8 +406,27 @@ class _Connections:
 
 
 @types.coroutine
+def _first_byte(client: Socket) -> Generator[Any, Any, bool]:
+    """Wait until the client has sent its first byte (True; it stays unread), or has closed or reset
+    the connection without one (False)."""
+    raw = client.socket
+    while True:
+        yield client.readable
+        try:
+            return bool(raw.recv(1, socket.MSG_PEEK))
+        except BlockingIOError:
+            continue
+        except OSError:
+            return False
+
+
+@types.coroutine
 def serve(
-    listener: Socket, handler: Handler, options: ServerOptions = DEFAULT_OPTIONS, *, stats: ServerStats | None = None
+    listener: Socket,
+    handler: Handler,
+    options: ServerOptions = DEFAULT_OPTIONS,
+    *,
+    stats: ServerStats | None = None,
 ) -> Generator[Any, Any, None]:
     """Accept connections on ``listener`` forever, one task each running ``handler(client, address)``.
 
@@ -333,7 +435,8 @@ def serve(
     """
     if options.ssl is not None:
         check_tls_version(options.ssl)
-    connections = _Connections(current_kernel(), handler, options, stats)
+    label = options.label or format_address(listener.getsockname())
+    connections = _Connections(current_kernel(), handler, options, stats, label)
     connections.nodelay = options.nodelay and listener.family in (socket.AF_INET, socket.AF_INET6)
     try:
         yield from _accept_forever(listener, connections)
