@@ -71,7 +71,6 @@ EVENTS_KEPT = 200  # scheduling events kept for the page's trace
 FEED_BURST = 200  # events recorded before the feed checks its pace
 FEED_RATE = 2000.0  # events a second past which the feed records bursts only
 FEED_REST = 1.0  # seconds between two bursts, then
-LOOP_CODE = Kernel._loop.__code__  # the kernel's loop: a running task's stack is what lies above it
 STACK_LIMIT = 64  # frames
 
 
@@ -150,12 +149,16 @@ def coroutine_stack(coro: Any) -> list[Json]:
     return stack
 
 
-def thread_stack(thread_id: int) -> list[Json]:
-    """The running task's stack now, outermost first: the kernel thread's frames above the kernel's loop."""
+def thread_stack(thread_id: int, task: Task) -> list[Json]:
+    """The running task's stack now, outermost first: the kernel thread's frames, from the innermost up to
+    the task's own (its coroutine's frame; what lies above it is the kernel's loop and the runner)."""
+    outermost = getattr(task.coro, "cr_frame", None) or getattr(task.coro, "gi_frame", None)
     frame = sys._current_frames().get(thread_id)
     frames: list[FrameType] = []
-    while frame is not None and frame.f_code is not LOOP_CODE:
+    while frame is not None:
         frames.append(frame)
+        if frame is outermost:
+            break
         frame = frame.f_back
     return [frame_entry(frame) for frame in reversed(frames[:STACK_LIMIT])]
 
@@ -421,7 +424,7 @@ class Monitor:
                 **self._brief(task, peer_of(task)),
                 "seconds": round(seconds, 3),
                 "since": time.time() - seconds,
-                "stack": thread_stack(self.kernel_thread),
+                "stack": thread_stack(self.kernel_thread, task),
             }
             state["note"] = (
                 "read from the monitor's thread while the scheduler is blocked: a moment may separate two lines"
@@ -440,7 +443,7 @@ class Monitor:
                 if task.id == task_id:
                     running = task is snapshot.running
                     entry = self._task_json(task, where, peer, snapshot, running)
-                    stack = thread_stack(self.kernel_thread) if running else coroutine_stack(task.coro)
+                    stack = thread_stack(self.kernel_thread, task) if running else coroutine_stack(task.coro)
                     return {"task": entry, "stack": stack, "consistent": consistent}
             raise UnknownTask(task_id)
 
