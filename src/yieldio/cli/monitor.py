@@ -58,7 +58,8 @@ def add_parsers(commands: Any) -> dict[str, FromEnvironment]:
             f"without it, YIELDIO_MONITOR's address or {DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}. "
             "The program runs with `yieldio serve --monitor` or YIELDIO_MONITOR set.",
         )
-        command.add_argument("words", nargs="*", metavar=words, help="the monitor's address, and a task's id")
+        what = "the monitor's address (HOST:PORT)" + (", then the task's id" if "ID" in words else "")
+        command.add_argument("words", nargs="*", metavar=words, help=what)
         env = FromEnvironment()
         env.add(command, "--token", "YIELDIO_MONITOR_TOKEN", None, help="the monitor's token, if it has one")
         env.add(
