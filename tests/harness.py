@@ -797,4 +797,4 @@ class Netcat:
 
 
 # yieldio serve's flags for who answered, injected faults and structured logs
-SERVE_FLAGS = (*SERVE_FLAGS, "--log-format")  # type: ignore[assignment]
+SERVE_FLAGS = (*SERVE_FLAGS, "--log-format", "--banner")  # type: ignore[assignment]

@@ -30,7 +30,7 @@ from ..observe.metrics import make_handler as make_metrics_handler
 from ..observe.monitor_web import DEFAULT_ADDRESS as DEFAULT_MONITOR
 from ..observe.monitor_web import BadAddress, monitor_extension, open_monitor_socket, parse_monitor_address, token_for
 from ..observe.tracefile import trace_file
-from ..servers.echo import DEFAULT_MAX_LINE, make_echo_handler
+from ..servers.echo import DEFAULT_MAX_LINE, DEFAULT_PREFIX
 from ..servers.listeners import (
     EchoOptions,
     Listener,
@@ -41,6 +41,7 @@ from ..servers.listeners import (
     open_listeners,
     serve_all,
 )
+from ..servers.placeholders import PlaceholderError, Template
 from ..servers.proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
 from ..servers.stream import ServerOptions
 from ..servers.workers import Aside, supervise
@@ -114,7 +115,22 @@ def add_parser(commands: Any) -> FromEnvironment:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (needs yieldio[metrics])",
     )
     env.add(
-        serve, "--prefix", "YIELDIO_PREFIX", "GOT:", help="bytes put before each reply; '' gives a plain RFC 862 echo"
+        serve,
+        "--prefix",
+        "YIELDIO_PREFIX",
+        Template.plain(DEFAULT_PREFIX),
+        type=_template,
+        help="bytes put before each reply; '' gives a plain RFC 862 echo; placeholders as in --banner",
+    )
+    env.add(
+        serve,
+        "--banner",
+        "YIELDIO_BANNER",
+        None,
+        type=_template,
+        metavar="TEXT",
+        help="a line sent to each TCP, TLS and Unix connection as it opens; placeholders: {hostname}, "
+        "{listener}, {client} (the real one behind a PROXY header), {env:NAME}; {{ and }} for braces",
     )
     env.add(
         serve,
@@ -237,6 +253,14 @@ def _metrics_address(text: str) -> tuple[str, int]:
     return url.host, url.port
 
 
+def _template(text: str) -> Template:
+    """--banner and --prefix: a text with placeholders, {hostname} and {env:NAME} filled in now."""
+    try:
+        return Template.parse(text)
+    except PlaceholderError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _monitor_address(text: str) -> tuple[str, int]:
     """--monitor [HOST:]PORT: a port alone is 127.0.0.1 (see observe.monitor_web)."""
     try:
@@ -310,10 +334,11 @@ def serve_command(args: argparse.Namespace) -> int:
         f"http://{address}/" + (f"?token={monitor_token}" if monitor_token else "") for address in monitor_addresses
     ]
     _raise_descriptor_limit()
-    prefix = os.fsencode(args.prefix)  # the bytes given, even those that are not UTF-8
     options = EchoOptions(
-        handler=make_echo_handler(prefix, args.framing, args.max_line),
-        prefix=prefix,
+        prefix=args.prefix,
+        framing=args.framing,
+        max_line=args.max_line,
+        banner=args.banner,
         server=ServerOptions(
             max_clients=args.max_clients,
             idle_timeout=args.idle_timeout,
@@ -329,7 +354,9 @@ def serve_command(args: argparse.Namespace) -> int:
         announce.info("echo loop: %s", ECHO_LOOP)
         for label, is_stream in labels[: len(listeners)]:
             proxied = ", PROXY protocol" if args.proxy_protocol and is_stream else ""
-            announce.info("listening on %s (echo, framing=%s, prefix=%r%s)", label, args.framing, prefix, proxied)
+            prefix = args.prefix.fill(label)
+            shown = str(prefix) if prefix.per_client else prefix.render()  # the bytes, as far as they are known
+            announce.info("listening on %s (echo, framing=%s, prefix=%r%s)", label, args.framing, shown, proxied)
         for label, _ in labels[len(listeners) :]:
             announce.info("metrics on http://%s/metrics", label)
         for slot, url in enumerate(monitor_urls):

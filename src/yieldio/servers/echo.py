@@ -136,7 +136,10 @@ def _scratch_buffer(prefix: bytes) -> tuple[memoryview, memoryview]:
 
     Sharing is safe because a connection never yields while the buffer holds
     bytes it still has to send (it copies them out first), and it spares
-    each connection a 64 KiB allocation per read.
+    each connection a 64 KiB allocation per read. The buffers are kept for
+    good, one per prefix: a prefix is the server's or a listener's (a
+    handful), never a connection's own (``prefix_per_connection``), which
+    would add one for every client.
     """
     buffers: dict[bytes, tuple[memoryview, memoryview]] = _scratch.__dict__.setdefault("buffers", {})
     if prefix not in buffers:
@@ -152,16 +155,22 @@ def echo_handler(
     prefix: bytes = DEFAULT_PREFIX,
     framing: Framing = "chunk",
     max_line: int = DEFAULT_MAX_LINE,
+    prefix_per_connection: bool = False,
 ) -> Generator[Any, Any, None]:
     """Echo everything ``client`` sends, framed, until it closes its side.
 
     A plain function that returns the loop for this connection (plain, compiled or TLS), so
     the task runs that generator itself: no delegating frame to pass through per message,
     and none to keep per idle connection. Like a generator, what it returns can be awaited.
+
+    ``prefix_per_connection``: this connection's prefix is its own (it names the client, say).
+    It is put before each reply as the line framing puts one, never kept in a buffer behind
+    the bytes received: one such buffer per prefix would add one for every client.
     """
     # Chunk framing is inlined in the loops; its framer is made only if a drain needs it
     # (an idle connection holds as little memory as possible).
-    framer = None if framing == "chunk" else make_framer(framing, prefix, max_line)
+    inline = framing == "chunk" and not prefix_per_connection
+    framer = None if inline else make_framer(framing, prefix, max_line)
     if client.is_tls:
         return _echo_tls(client, framer, prefix)
     if framer is None and compiled_echo_step is not None:
@@ -369,13 +378,31 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
 
 
 def make_echo_handler(
-    prefix: bytes = DEFAULT_PREFIX, framing: Framing = "chunk", max_line: int = DEFAULT_MAX_LINE
+    prefix: bytes | Callable[[Any], bytes] = DEFAULT_PREFIX,
+    framing: Framing = "chunk",
+    max_line: int = DEFAULT_MAX_LINE,
 ) -> Callable[[Socket, Any], Generator[Any, Any, None]]:
-    """A handler for :func:`yieldio.tcp_server` with these settings."""
-    make_framer(framing, prefix, max_line)  # reject bad settings now, not at the first connection
+    """A handler for :func:`yieldio.tcp_server` with these settings.
 
-    def handler(client: Socket, address: Any) -> Generator[Any, Any, None]:
-        return echo_handler(client, address, prefix=prefix, framing=framing, max_line=max_line)
+    ``prefix`` may be a function of the client's address: each connection's own prefix (see
+    ``prefix_per_connection`` in :func:`echo_handler`).
+    """
+    make_framer(framing, b"", max_line)  # reject bad settings now, not at the first connection
+
+    handler: Callable[[Socket, Any], Generator[Any, Any, None]]
+    if callable(prefix):
+
+        def handler(client: Socket, address: Any) -> Generator[Any, Any, None]:
+            own = prefix(address)
+            return echo_handler(
+                client, address, prefix=own, framing=framing, max_line=max_line, prefix_per_connection=True
+            )
+
+    else:
+        fixed = prefix
+
+        def handler(client: Socket, address: Any) -> Generator[Any, Any, None]:
+            return echo_handler(client, address, prefix=fixed, framing=framing, max_line=max_line)
 
     handler.__qualname__ = "echo_handler"
     return handler

@@ -35,6 +35,8 @@ from ..core.scopes import TaskGroup
 from ..io.sockets import Socket, format_address
 from ..io.udp import udp_bind
 from ..io.urls import ListenURL
+from .echo import DEFAULT_MAX_LINE, DEFAULT_PREFIX, Framing, make_echo_handler
+from .placeholders import Template
 from .stream import DEFAULT_OPTIONS, ServerOptions, ServerStats, serve, tcp_listen
 from .udp import DatagramCounters, serve_datagrams
 from .unix import unix_listen
@@ -61,12 +63,17 @@ class Listener:
         return address if self.url.kind == "tcp" else f"{self.url.kind}://{address}"
 
 
+_GOT = Template.plain(DEFAULT_PREFIX)
+
+
 @dataclass(frozen=True)
 class EchoOptions:
-    """What every listener's echo shares."""
+    """What every listener's echo shares; each listener fills in its own ``{listener}``."""
 
-    handler: Callable[[Socket, Any], Any]  # the stream echo (servers.echo.make_echo_handler)
-    prefix: bytes  # for datagrams: each is answered with prefix + datagram
+    prefix: Template = _GOT  # before each reply; {client}: per connection or datagram
+    framing: Framing = "chunk"  # of the stream listeners (a datagram is answered whole)
+    max_line: int = DEFAULT_MAX_LINE
+    banner: Template | None = None  # sent to each stream connection as it opens, as a line
     server: ServerOptions = DEFAULT_OPTIONS  # for the stream listeners; its ssl for the tls:// ones only
 
 
@@ -160,15 +167,47 @@ def close_all(listeners: list[Listener]) -> None:
 @types.coroutine
 def serve_listener(listener: Listener, options: EchoOptions) -> Generator[Any, Any, None]:
     """Echo on one listener until cancelled; its socket is closed when it ends."""
+    prefix = options.prefix.fill(listener.label)
     with listener.sock:
         if isinstance(listener.stats, DatagramCounters):
-            prefix = options.prefix
-            yield from serve_datagrams(listener.sock, lambda data, _: prefix + data, counters=listener.stats)
+            yield from serve_datagrams(listener.sock, _datagram_echo(prefix), counters=listener.stats)
         else:
             server = replace(options.server, label=listener.label)
             if listener.url.kind != "tls":
                 server = replace(server, ssl=None)
-            yield from serve(listener.sock, options.handler, server, stats=listener.stats)
+            if options.banner is not None:
+                server = replace(server, banner=_by_client(options.banner.fill(listener.label), b"\n"))
+            handler = make_echo_handler(
+                _by_client(prefix) if prefix.per_client else prefix.render(),
+                options.framing,
+                options.max_line,
+            )
+            yield from serve(listener.sock, handler, server, stats=listener.stats)
+
+
+def _by_client(template: Template, end: bytes = b"") -> Callable[[Any], bytes]:
+    """``template`` as a function of the client's address (``{client}`` is its ``host:port``), ``end`` after it."""
+
+    def render(address: Any) -> bytes:
+        return template.render(format_address(address)) + end
+
+    return render
+
+
+def _datagram_echo(prefix: Template) -> Callable[[bytes, Any], bytes]:
+    """Each datagram answered with the prefix and itself."""
+    if prefix.per_client:
+
+        def echo_to_each(data: bytes, address: Any) -> bytes:
+            return prefix.render(format_address(address)) + data
+
+        return echo_to_each
+    fixed = prefix.render()
+
+    def echo(data: bytes, address: Any) -> bytes:
+        return fixed + data
+
+    return echo
 
 
 async def serve_all(
