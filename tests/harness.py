@@ -797,4 +797,14 @@ class Netcat:
 
 
 # yieldio serve's flags for who answered, injected faults and structured logs
-SERVE_FLAGS = (*SERVE_FLAGS, "--log-format", "--banner")  # type: ignore[assignment]
+SERVE_FLAGS = (  # type: ignore[assignment]
+    *SERVE_FLAGS,
+    "--banner",
+    "--delay",
+    "--reset-after",
+    "--close-after",
+    "--throttle",
+    "--udp-drop",
+    "--seed",
+    "--log-format",
+)

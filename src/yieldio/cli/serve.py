@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import resource
 import signal
 import socket
@@ -31,6 +32,7 @@ from ..observe.monitor_web import DEFAULT_ADDRESS as DEFAULT_MONITOR
 from ..observe.monitor_web import BadAddress, monitor_extension, open_monitor_socket, parse_monitor_address, token_for
 from ..observe.tracefile import trace_file
 from ..servers.echo import DEFAULT_MAX_LINE, DEFAULT_PREFIX
+from ..servers.faults import Faults
 from ..servers.listeners import (
     EchoOptions,
     Listener,
@@ -45,7 +47,17 @@ from ..servers.placeholders import PlaceholderError, Template
 from ..servers.proxy_protocol import DEFAULT_TIMEOUT as PROXY_HEADER_TIMEOUT
 from ..servers.stream import ServerOptions
 from ..servers.workers import Aside, supervise
-from .flags import FromEnvironment, add_log_format, add_log_level, announce, count, listen_port, listen_url, seconds
+from .flags import (
+    FromEnvironment,
+    add_log_format,
+    add_log_level,
+    announce,
+    bounded,
+    count,
+    listen_port,
+    listen_url,
+    seconds,
+)
 
 log = logging.getLogger("yieldio")
 
@@ -225,6 +237,61 @@ def add_parser(commands: Any) -> FromEnvironment:
         action="store_true",
         help="the monitor shows everything and changes nothing: no cancel, no step mode",
     )
+    env.add(
+        serve,
+        "--delay",
+        "YIELDIO_DELAY",
+        None,
+        type=_delay,
+        metavar="MS[:JITTER]",
+        help="fault: wait MS milliseconds (± JITTER, uniformly) before each reply, TCP, TLS, Unix or UDP",
+    )
+    env.add(
+        serve,
+        "--reset-after",
+        "YIELDIO_RESET_AFTER",
+        None,
+        type=_byte_count,
+        metavar="BYTES",
+        help="fault: once a connection has sent BYTES, answer them and reset it (RST, not FIN)",
+    )
+    env.add(
+        serve,
+        "--close-after",
+        "YIELDIO_CLOSE_AFTER",
+        None,
+        type=_byte_count,
+        metavar="BYTES",
+        help="fault: once a connection has sent BYTES, answer them and close it cleanly (FIN)",
+    )
+    env.add(
+        serve,
+        "--throttle",
+        "YIELDIO_THROTTLE",
+        None,
+        type=count,
+        metavar="BYTES_PER_S",
+        help="fault: send each connection's replies at most this many bytes a second",
+    )
+    env.add(
+        serve,
+        "--udp-drop",
+        "YIELDIO_UDP_DROP",
+        None,
+        type=_fraction,
+        metavar="FRACTION",
+        help="fault: drop this fraction of the datagrams, unanswered (0 to 1, drawn with --seed)",
+    )
+    env.add(
+        serve,
+        "--seed",
+        "YIELDIO_SEED",
+        None,
+        type=_seed,
+        metavar="N",
+        help="seed of the faults' random draws (--udp-drop, --delay's jitter), so that a run can be repeated "
+        "(default: a new one, logged at start)",
+    )
     add_log_level(serve, env, "info")
     add_log_format(serve, env)
     serve.set_defaults(func=serve_command, resolve=resolve_listen_urls)
@@ -259,6 +326,48 @@ def _template(text: str) -> Template:
         return Template.parse(text)
     except PlaceholderError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _delay(text: str) -> tuple[float, float]:
+    """--delay MS[:JITTER]: (delay, jitter) in seconds; the jitter at most the delay."""
+    delay, _, jitter = text.partition(":")
+    milliseconds = bounded(float, "the delay (ms)", 0)(delay)
+    spread = bounded(float, "the jitter (ms)", 0, milliseconds)(jitter) if jitter else 0.0
+    return milliseconds / 1000, spread / 1000
+
+
+_byte_count = bounded(int, "the byte count", 0)
+_fraction = bounded(float, "the fraction", 0, 1)
+_seed = bounded(int, "the seed", 0)
+
+
+def _faults(args: argparse.Namespace) -> Faults:
+    """The faults the flags ask for; drawn with --seed, or a seed of its own (said at start)."""
+    delay, jitter = args.delay or (0.0, 0.0)
+    seed = args.seed
+    if seed is None and (jitter or args.udp_drop):
+        seed = random.SystemRandom().randrange(2**32)
+    return Faults(
+        delay=delay,
+        jitter=jitter,
+        reset_after=args.reset_after,
+        close_after=args.close_after,
+        throttle=args.throttle,
+        udp_drop=args.udp_drop or 0.0,
+        seed=seed,
+    )
+
+
+def _describe_faults(faults: Faults) -> str:
+    said = {
+        "delay": f"delay {faults.delay * 1000:g} ms" + (f" ± {faults.jitter * 1000:g}" if faults.jitter else ""),
+        "reset": f"reset after {faults.reset_after} bytes",
+        "close": f"close after {faults.close_after} bytes",
+        "throttle": f"throttle {faults.throttle} bytes/s",
+        "udp_drop": f"udp-drop {faults.udp_drop:g}",
+    }
+    seeded = f" (seed {faults.seed})" if faults.seed is not None else ""
+    return ", ".join(said[name] for name in faults.on) + seeded
 
 
 def _monitor_address(text: str) -> tuple[str, int]:
@@ -334,11 +443,13 @@ def serve_command(args: argparse.Namespace) -> int:
         f"http://{address}/" + (f"?token={monitor_token}" if monitor_token else "") for address in monitor_addresses
     ]
     _raise_descriptor_limit()
+    faults = _faults(args)
     options = EchoOptions(
         prefix=args.prefix,
         framing=args.framing,
         max_line=args.max_line,
         banner=args.banner,
+        faults=faults,
         server=ServerOptions(
             max_clients=args.max_clients,
             idle_timeout=args.idle_timeout,
@@ -352,6 +463,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     def say_where() -> None:
         announce.info("echo loop: %s", ECHO_LOOP)
+        if faults.on:
+            announce.warning("faults injected: %s", _describe_faults(faults))
         for label, is_stream in labels[: len(listeners)]:
             proxied = ", PROXY protocol" if args.proxy_protocol and is_stream else ""
             prefix = args.prefix.fill(label)

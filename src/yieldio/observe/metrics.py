@@ -97,6 +97,12 @@ _DATAGRAM = (
     ("yieldio_replies_dropped", "Replies too large for one datagram, dropped, never split", "dropped_replies"),
 )
 _GAUGES = {"yieldio_connections_open"}
+# Faults injected on purpose (servers.faults), counted by name: only those that are on are shown.
+_FAULTS = "yieldio_faults_injected"
+_FAULTS_HELP = (
+    "Faults injected on purpose, by fault: replies delayed, connections reset or closed at the byte limit, "
+    "replies held back by the throttle, datagrams dropped"
+)
 _HELP = {name: text for name, text, _ in _STREAM + _DATAGRAM}
 _ORDER = list(dict.fromkeys(name for name, _, _ in _STREAM[:4] + _DATAGRAM[2:] + _STREAM[4:]))
 
@@ -132,7 +138,8 @@ def snapshot(listeners: list[Counted]) -> Snapshot:
     taken = Snapshot()
     for label, stats in listeners:
         table = _STREAM if isinstance(stats, ServerStats) else _DATAGRAM
-        taken.listeners[label] = {name: getattr(stats, attribute) for name, _, attribute in table}
+        counts = taken.listeners[label] = {name: getattr(stats, attribute) for name, _, attribute in table}
+        counts.update({f"{_FAULTS}:{fault}": injected for fault, injected in stats.faults.items()})
     kernel = running_kernel()  # a scrape is served by the kernel itself
     taken.tasks = 0 if kernel is None else len(kernel.tasks())
     return taken
@@ -146,9 +153,16 @@ def render(taken: Snapshot) -> bytes:
     for name in _ORDER:
         kind = families.GaugeMetricFamily if name in _GAUGES else families.CounterMetricFamily
         metrics[name] = kind(name, _HELP[name], labels=["listener"])
+    faults = families.CounterMetricFamily(_FAULTS, _FAULTS_HELP, labels=["listener", "fault"])
     for label, counts in taken.listeners.items():
         for name, value in counts.items():
-            metrics[name].add_metric([label], value)
+            family, _, fault = name.partition(":")
+            if fault:
+                faults.add_metric([label, fault], value)
+            else:
+                metrics[family].add_metric([label], value)
+    if faults.samples:
+        metrics[_FAULTS] = faults
     tasks = families.GaugeMetricFamily("yieldio_tasks_alive", "Tasks the kernels run now", value=taken.tasks)
 
     class Collector:

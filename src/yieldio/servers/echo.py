@@ -27,22 +27,31 @@ unsent, so a client that does not read gets backpressure through TCP and the
 server's memory per connection stays bounded. When cancelled (shutdown,
 idle timeout) it still echoes what the kernel has already received for it,
 within a time limit, before the connection closes.
+
+With faults injected on purpose (:mod:`.faults`: delays, a throttle, a reset
+or a close after so many bytes) a loop of its own runs, so that the ordinary
+loops stay exactly what they are when no fault is asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
+import struct
 import threading
+import time
 import types
 from collections.abc import Callable, Generator
 from typing import Any, Literal, Protocol, cast
 
 from ..compiled import EchoStep
 from ..compiled import echo_step as compiled_echo_step
+from ..core import traps
 from ..core.kernel import Cancelled
 from ..core.scopes import TaskTimeout, timeout_after
 from ..io.sockets import Socket, tls_records
+from .faults import Injector, Pace
 
 DEFAULT_PREFIX = b"GOT:"
 DEFAULT_MAX_LINE = 64 * 1024
@@ -377,20 +386,94 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
         raise
 
 
+@types.coroutine
+def _echo_with_faults(client: Socket, framer: Framer, injector: Injector) -> Generator[Any, Any, None]:
+    """The echo with faults injected (:mod:`.faults`), plain or TLS: read, answer (after the delay, at
+    the throttle's pace), read again; at the byte limit, answer what was received, then reset the
+    connection or close it cleanly. It reads into bytes of its own: a reply that waits keeps them."""
+    faults = injector.faults
+    limit = faults.limit
+    pace = None if faults.throttle is None else Pace(faults.throttle)
+    received = 0
+    unsent: Any = b""
+    try:
+        while limit is None or received < limit:
+            data = yield from client.recv(RECV_SIZE if limit is None else min(RECV_SIZE, limit - received))
+            if not data:
+                unsent = framer.close()
+                yield from _reply_with_faults(client, unsent, injector, pace)
+                return
+            received += len(data)
+            unsent = framer.feed(data)
+            yield from _reply_with_faults(client, unsent, injector, pace)
+            unsent = b""
+        injector.ended()
+        if faults.resets:  # an RST, not a FIN: the close that follows (the server's) discards the rest
+            client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        unsent = framer.close()
+        yield from _reply_with_faults(client, unsent, injector, pace)
+        unsent = b""
+        if not client.is_tls:  # FIN now; then read until the client closes too, so the close sends no RST
+            with contextlib.suppress(TaskTimeout):
+                yield from timeout_after(DRAIN_SECONDS, _flush_and_linger(client, b""))
+    except ConnectionError:
+        pass  # the peer reset or vanished: nobody is left to answer
+    except Cancelled:
+        yield from _drain(client, framer, unsent)
+        raise
+
+
+@types.coroutine
+def _reply_with_faults(
+    client: Socket, reply: Bytes, injector: Injector, pace: Pace | None
+) -> Generator[Any, Any, None]:
+    if not reply:
+        return
+    wait = injector.delay()
+    if wait > 0:
+        yield from traps.sleep(wait)
+    if pace is None:
+        yield from client.sendall(reply)
+        return
+    view = memoryview(reply)
+    held = False
+    for start in range(0, len(view), pace.piece):
+        piece = view[start : start + pace.piece]
+        wait = pace.wait(time.monotonic(), len(piece))
+        if wait > 0:
+            held = True
+            yield from traps.sleep(wait)
+        yield from client.sendall(piece)
+    if held:
+        injector.counts["throttle"] += 1
+
+
 def make_echo_handler(
     prefix: bytes | Callable[[Any], bytes] = DEFAULT_PREFIX,
     framing: Framing = "chunk",
     max_line: int = DEFAULT_MAX_LINE,
+    *,
+    faults: Injector | None = None,
 ) -> Callable[[Socket, Any], Generator[Any, Any, None]]:
     """A handler for :func:`yieldio.tcp_server` with these settings.
 
     ``prefix`` may be a function of the client's address: each connection's own prefix (see
-    ``prefix_per_connection`` in :func:`echo_handler`).
+    ``prefix_per_connection`` in :func:`echo_handler`). With ``faults`` that act on streams, every
+    connection runs the loop with faults; without, exactly the ordinary loops.
     """
     make_framer(framing, b"", max_line)  # reject bad settings now, not at the first connection
 
+    def prefix_for(address: Any) -> bytes:
+        return prefix(address) if callable(prefix) else prefix
+
     handler: Callable[[Socket, Any], Generator[Any, Any, None]]
-    if callable(prefix):
+    if faults is not None and faults.faults.on_streams:
+
+        def handler(client: Socket, address: Any) -> Generator[Any, Any, None]:
+            return _echo_with_faults(client, make_framer(framing, prefix_for(address), max_line), faults)
+
+    elif callable(prefix):
 
         def handler(client: Socket, address: Any) -> Generator[Any, Any, None]:
             own = prefix(address)

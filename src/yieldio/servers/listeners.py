@@ -36,6 +36,7 @@ from ..io.sockets import Socket, format_address
 from ..io.udp import udp_bind
 from ..io.urls import ListenURL
 from .echo import DEFAULT_MAX_LINE, DEFAULT_PREFIX, Framing, make_echo_handler
+from .faults import NO_FAULTS, Faults, Injector
 from .placeholders import Template
 from .stream import DEFAULT_OPTIONS, ServerOptions, ServerStats, serve, tcp_listen
 from .udp import DatagramCounters, serve_datagrams
@@ -74,6 +75,7 @@ class EchoOptions:
     framing: Framing = "chunk"  # of the stream listeners (a datagram is answered whole)
     max_line: int = DEFAULT_MAX_LINE
     banner: Template | None = None  # sent to each stream connection as it opens, as a line
+    faults: Faults = NO_FAULTS
     server: ServerOptions = DEFAULT_OPTIONS  # for the stream listeners; its ssl for the tls:// ones only
 
 
@@ -168,9 +170,16 @@ def close_all(listeners: list[Listener]) -> None:
 def serve_listener(listener: Listener, options: EchoOptions) -> Generator[Any, Any, None]:
     """Echo on one listener until cancelled; its socket is closed when it ends."""
     prefix = options.prefix.fill(listener.label)
+    injector = Injector(options.faults)
+    listener.stats.faults = injector.counts  # what the metrics read
     with listener.sock:
         if isinstance(listener.stats, DatagramCounters):
-            yield from serve_datagrams(listener.sock, _datagram_echo(prefix), counters=listener.stats)
+            yield from serve_datagrams(
+                listener.sock,
+                _datagram_echo(prefix, injector),
+                counters=listener.stats,
+                reply_delay=injector.delay if options.faults.delay else None,
+            )
         else:
             server = replace(options.server, label=listener.label)
             if listener.url.kind != "tls":
@@ -181,6 +190,7 @@ def serve_listener(listener: Listener, options: EchoOptions) -> Generator[Any, A
                 _by_client(prefix) if prefix.per_client else prefix.render(),
                 options.framing,
                 options.max_line,
+                faults=injector if options.faults.on_streams else None,
             )
             yield from serve(listener.sock, handler, server, stats=listener.stats)
 
@@ -194,15 +204,24 @@ def _by_client(template: Template, end: bytes = b"") -> Callable[[Any], bytes]:
     return render
 
 
-def _datagram_echo(prefix: Template) -> Callable[[bytes, Any], bytes]:
-    """Each datagram answered with the prefix and itself."""
+def _datagram_echo(prefix: Template, injector: Injector) -> Callable[[bytes, Any], bytes | None]:
+    """Each datagram answered with the prefix and itself (unless a fault drops it)."""
+    drops = injector.faults.udp_drop > 0
     if prefix.per_client:
 
-        def echo_to_each(data: bytes, address: Any) -> bytes:
+        def echo_to_each(data: bytes, address: Any) -> bytes | None:
+            if drops and injector.drops():
+                return None
             return prefix.render(format_address(address)) + data
 
         return echo_to_each
     fixed = prefix.render()
+    if drops:
+
+        def echo_or_drop(data: bytes, address: Any) -> bytes | None:
+            return None if injector.drops() else fixed + data
+
+        return echo_or_drop
 
     def echo(data: bytes, address: Any) -> bytes:
         return fixed + data

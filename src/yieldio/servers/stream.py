@@ -145,6 +145,7 @@ class ServerStats:
         "_connections",
         "accept_pauses",
         "accepted",
+        "faults",
         "handshake_failures",
         "proxy_rejections",
     )
@@ -154,6 +155,7 @@ class ServerStats:
         self.accept_pauses = 0
         self.handshake_failures = 0
         self.proxy_rejections = 0
+        self.faults: dict[str, int] = {}  # faults injected, by name (servers.faults)
         self._closed_bytes_in = 0  # of the connections that have ended
         self._closed_bytes_out = 0
         self._connections: _Connections | None = None  # the open ones, while serving

@@ -26,6 +26,11 @@ Then the server goes on with the next datagram.
 The loop calls the standard socket directly, as the echo handler does, and
 reads as long as datagrams are waiting, but at most a batch per turn, so a
 flood can't starve the other tasks.
+
+``reply_delay`` makes each reply wait (a fault injected on purpose, see
+:mod:`.faults`) without holding up the datagrams behind it: the reply is
+sent by a timer, and at most :data:`MAX_DELAYED_BYTES` of replies wait at
+once (more are dropped and counted); a shutdown sends those waiting at once.
 """
 
 from __future__ import annotations
@@ -35,11 +40,11 @@ import logging
 import socket
 import types
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import traps
-from ..core.kernel import Cancelled
+from ..core.kernel import Cancelled, Kernel, Timer, current_kernel
 from ..io.sockets import Socket, format_address
 from ..io.udp import DESTINATION_SPACE, ask_destination, reply_source, udp_bind
 
@@ -51,6 +56,7 @@ DatagramHandler = Callable[[bytes, Any], Any]
 MAX_DATAGRAM = 65535  # larger than any UDP payload (65,507 bytes over IPv4, 65,527 over IPv6)
 _DATAGRAMS_PER_TURN = 64  # then let the other tasks run
 _DRAIN_LIMIT = 4096  # datagrams answered at most when cancelled: the buffer holds a few hundred
+MAX_DELAYED_BYTES = 8 * 1024 * 1024  # replies waiting for their delay at once, at most
 
 
 @dataclass(slots=True)
@@ -64,6 +70,7 @@ class DatagramCounters:
     handler_errors: int = 0  # the handler raised, or returned something that is not bytes
     bytes_in: int = 0  # of the datagrams handled
     bytes_out: int = 0  # of the replies sent
+    faults: dict[str, int] = field(default_factory=dict)  # faults injected, by name (servers.faults)
 
     def __str__(self) -> str:
         return (
@@ -79,8 +86,11 @@ def serve_datagrams(
     *,
     max_size: int = MAX_DATAGRAM,
     counters: DatagramCounters | None = None,
+    reply_delay: Callable[[], float] | None = None,
 ) -> Generator[Any, Any, None]:
     """Answer every datagram arriving on ``sock`` with what ``handler(data, address)`` returns, forever.
+
+    With ``reply_delay``, each reply is sent ``reply_delay()`` seconds later (see the module).
 
     On a socket bound to a wildcard address (``0.0.0.0``, ``::``) each reply leaves from the address
     its datagram was sent to (Linux; see :mod:`yieldio.io.udp`). When cancelled (a shutdown), it
@@ -99,10 +109,11 @@ def serve_datagrams(
     # address keeps the cheaper recvfrom_into and sendto. (udp_bind has asked already; a socket
     # bound elsewhere is asked now, and a datagram that came before is answered as sendto would.)
     space = DESTINATION_SPACE if ask_destination(sock.socket) else 0
-    replies = _Replies(sock, counters)
+    replies = _Replies(sock, counters, current_kernel())
     try:
-        yield from _serve_forever(sock, handler, handler_name, max_size, buffer, flags, space, replies)
+        yield from _serve_forever(sock, handler, handler_name, max_size, buffer, flags, space, replies, reply_delay)
     except Cancelled:
+        replies.send_delayed_now()
         _answer_waiting(sock, handler, max_size, counters, buffer, flags, space, replies)
         raise
 
@@ -116,6 +127,7 @@ def _serve_forever(
     flags: int,
     space: int,
     replies: _Replies,
+    reply_delay: Callable[[], float] | None,
 ) -> Generator[Any, Any, None]:
     view = memoryview(buffer)
     counters = replies.counters
@@ -159,6 +171,9 @@ def _serve_forever(
                 counters.handler_errors += 1
                 log.exception("udp: %s failed on a datagram from %s", handler_name, format_address(address))
                 continue
+            if reply_delay is not None:
+                replies.later(reply_delay(), reply, address, source)
+                continue
             try:
                 counters.bytes_out += raw.sendmsg([reply], source, 0, address) if source else sendto(reply, address)
                 counters.datagrams_out += 1
@@ -174,9 +189,36 @@ class _Replies:
     """The replies' ways other than the fast one: waiting for room, retrying from the route's
     address, and counting what is dropped."""
 
-    def __init__(self, sock: Socket, counters: DatagramCounters) -> None:
+    def __init__(self, sock: Socket, counters: DatagramCounters, kernel: Kernel) -> None:
         self.sock = sock
         self.counters = counters
+        self.kernel = kernel
+        self.delayed: dict[int, tuple[Timer, Any, Any, list[tuple[int, int, bytes]]]] = {}  # by a number of its own
+        self.delayed_bytes = 0
+        self.numbers = 0
+
+    def later(self, seconds: float, reply: Any, address: Any, source: list[tuple[int, int, bytes]]) -> None:
+        """Send ``reply`` in ``seconds``, from a timer; dropped and counted if too much waits already."""
+        size = memoryview(reply).nbytes
+        if self.delayed_bytes + size > MAX_DELAYED_BYTES:
+            self.counters.dropped_replies += 1
+            log.warning("udp: a delayed reply to %s dropped: %d bytes wait already", format_address(address), size)
+            return
+        self.numbers += 1
+        timer = self.kernel.call_later(seconds, self._due, self.numbers)
+        self.delayed[self.numbers] = (timer, reply, address, source)
+        self.delayed_bytes += size
+
+    def _due(self, number: int) -> None:
+        _, reply, address, source = self.delayed.pop(number)
+        self.delayed_bytes -= memoryview(reply).nbytes
+        self.send_now(reply, address, source)
+
+    def send_delayed_now(self) -> None:
+        """A shutdown: the replies still waiting for their delay go now."""
+        for number in list(self.delayed):
+            self.delayed[number][0].cancel()
+            self._due(number)
 
     def send_now(self, reply: Any, address: Any, source: list[tuple[int, int, bytes]]) -> None:
         """Send without waiting; a reply the system cannot take now is dropped and counted."""
