@@ -39,6 +39,7 @@ import yaml
 import yieldio
 from yieldio.core.kernel import Kernel
 from yieldio.servers.echo import DRAIN_SECONDS
+from yieldio.servers.placeholders import PlaceholderError, Template
 from yieldio.servers.workers import STOP_GRACE
 
 from .harness import ROOT, ProcessServers
@@ -149,7 +150,23 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def container_env(deployment: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(deployment).get("env", [])}
+    """The variables the manifest gives a value (not those the kubelet fills in: see ``downward_env``)."""
+    return {item["name"]: item["value"] for item in container(deployment).get("env", []) if "value" in item}
+
+
+def downward_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """The variables the kubelet fills in from the pod's own fields (the downward API): name -> field path."""
+    return {
+        item["name"]: item["valueFrom"]["fieldRef"]["fieldPath"]
+        for item in container(deployment).get("env", [])
+        if "fieldRef" in item.get("valueFrom", {})
+    }
+
+
+def kubelet_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """What the kubelet would put in those variables for a pod of this Deployment on a node named node-1."""
+    fields = {"metadata.name": f"{deployment['metadata']['name']}-5c8d9f7b6-x2x4q", "spec.nodeName": "node-1"}
+    return {name: fields[path] for name, path in downward_env(deployment).items()}
 
 
 def service() -> dict[str, Any]:
@@ -342,6 +359,18 @@ def test_versions_differ_only_in_name_label_and_prefix() -> None:
         assert deployment["metadata"]["name"] == f"tcp-echo-{version}"
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector == {"app": "tcp-echo", "version": version}
+
+
+def test_the_banner_names_the_pod_and_its_node_from_the_downward_api() -> None:
+    for deployment in deployments().values():
+        banner = container_env(deployment)["YIELDIO_BANNER"]
+        assert downward_env(deployment) == {"POD_NAME": "metadata.name", "NODE_NAME": "spec.nodeName"}
+        assert set(re.findall(r"\{env:(\w+)\}", banner)) == set(downward_env(deployment))
+        # it parses as the server will read it, with the variables the kubelet sets; not without them
+        filled = Template.parse(banner, environ=kubelet_env(deployment), hostname="pod").fill("[::]:9000").render()
+        assert filled == f"tcp-echo: pod {kubelet_env(deployment)['POD_NAME']} on node-1, [::]:9000".encode()
+        with pytest.raises(PlaceholderError, match="POD_NAME is not set"):
+            Template.parse(banner, environ={})
 
 
 def test_manifests_run_the_image_of_this_version_configured_as_the_issue_says() -> None:
@@ -757,7 +786,7 @@ def test_image_command_with_the_deployments_environment_answers_nc(
     # What the container's process gets: the image's ENV, then the Deployment's env over it, and
     # nothing else. `env -i` clears the rest (a PYTHONPATH pointing at the source tree above all)
     # and then execs the command, so the server keeps the PID the test signals.
-    deployed = {**image_environment(runtime), **container_env(deployment)}
+    deployed = {**image_environment(runtime), **container_env(deployment), **kubelet_env(deployment)}
     env = {**on_loopback(deployed), "PATH": f"{image_venv / 'bin'}{os.pathsep}{os.defpath}"}
     urls = listen_urls(deployed["YIELDIO_LISTEN"])
     server = serve_process.launch(
@@ -802,7 +831,14 @@ def test_image_command_with_the_deployments_environment_answers_nc(
             if client.poll() is None:
                 client.kill()
                 client.wait()
-    assert replies == [deployed["YIELDIO_PREFIX"].encode() + b"world\n"] * len(listening)
+    banner = Template.parse(deployed["YIELDIO_BANNER"], environ=deployed)
+    expected = [
+        (b"" if kind == "udp" else banner.fill(f"127.0.0.1:{port}").render() + b"\n")  # a line as a stream opens
+        + deployed["YIELDIO_PREFIX"].encode()
+        + b"world\n"
+        for kind, port in listening
+    ]
+    assert replies == expected
 
     server.assert_healthy()
     assert server.stop(signal.SIGTERM, timeout=15) == 0, server.tail()
