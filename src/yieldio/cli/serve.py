@@ -124,7 +124,8 @@ def add_parser(commands: Any) -> FromEnvironment:
         None,
         type=_metrics_address,
         metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs yieldio[metrics])",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs yieldio[metrics]); "
+        "with --workers, one endpoint: the sum of every worker's counts",
     )
     env.add(
         serve,
