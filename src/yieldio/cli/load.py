@@ -603,9 +603,12 @@ class _LiveView:
     def __init__(self, stream: TextIO, plan: LoadPlan, requests: int | None, live_module: Any) -> None:
         console_module, table_module = require("rich.console"), require("rich.table")
         self.table_class = table_module.Table
+        self.group_class = console_module.Group
+        self.bar_class = require("rich.progress_bar").ProgressBar
         self.rows: list[tuple[str, ...]] = []
         self.plan = plan
         self.requests = requests
+        self.done = 0
         self.live = live_module.Live(
             self._render(), console=console_module.Console(file=stream), refresh_per_second=4, transient=False
         )
@@ -616,12 +619,15 @@ class _LiveView:
             table.add_column(column, justify="right")
         for row in self.rows[-10:]:
             table.add_row(*row)
-        return table
+        if not self.requests:
+            return table
+        return self.group_class(table, self.bar_class(total=self.requests, completed=self.done))
 
     def update(self, line: dict[str, Any], counts: Counts) -> None:
         from .results import human_duration
 
         latency = line["latency_us"]
+        self.done = counts.values["requests"]
         done = f"{counts.values['requests']:,}"
         if self.requests:
             done += f" ({100 * counts.values['requests'] / self.requests:.0f}%)"
