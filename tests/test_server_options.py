@@ -92,3 +92,41 @@ def test_each_honours_the_same_options(kind: str, sock_dir: Path, caplog: pytest
     assert len(rejections) == 1, caplog.text
     assert "connection from" not in caplog.text  # log_connections=False
     assert "connection closed" not in caplog.text
+
+
+@pytest.mark.parametrize("quiet_probes", [False, True])
+def test_a_greeting_handler_starts_at_once_unless_quiet_probes(
+    quiet_probes: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that speaks first (a chat room, SMTP) must get its handler run when the connection is
+    accepted, whatever the log level; only ``quiet_probes`` (for the echo, whose client speaks first)
+    waits for the client's first byte, so that a probe that sends none is not logged at INFO."""
+    caplog.set_level(logging.INFO, logger="yieldio")
+
+    async def greet(client: Socket, address: Any) -> None:
+        await client.sendall(b"hello\n")
+        await client.recv(100)
+
+    async def main() -> tuple[bytes, str]:
+        listener = yieldio.tcp_listen(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        server = await spawn(yieldio.serve(listener, greet, ServerOptions(quiet_probes=quiet_probes)))
+        try:
+            async with await open_connection("127.0.0.1", port) as client:
+                greeting = b""
+                if quiet_probes:
+                    await client.sendall(b"hi")  # its first byte: now the handler runs
+                async with timeout_after(10):
+                    greeting = await client.recv(100)
+            async with await open_connection("127.0.0.1", port):  # a probe: connects, says nothing, leaves
+                pass
+            for _ in range(5):
+                await sleep(0)  # its task sees the end and closes it
+            return greeting, caplog.text
+        finally:
+            await server.cancel()
+            listener.close()
+
+    greeting, logged = yieldio.run(main)
+    assert greeting == b"hello\n"
+    assert logged.count("connection from") == (1 if quiet_probes else 2)  # the probe: at DEBUG with quiet_probes

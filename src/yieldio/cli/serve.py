@@ -458,6 +458,7 @@ def serve_command(args: argparse.Namespace) -> int:
             handshake_timeout=args.tls_handshake_timeout,
             proxy_protocol=args.proxy_protocol,
             proxy_timeout=args.proxy_timeout,
+            quiet_probes=True,  # the echo waits for its client anyway: a health probe is not news
         ),
     )
     labels = [(listener.label, listener.url.is_stream) for listener in listeners + metrics]

@@ -34,10 +34,13 @@ adds is here, around that loop, never inside a connection's per-message path:
   handler is given the original client's address instead of the balancer's.
   A missing, malformed or late header closes that connection with one log
   line. (TLS comes after the header, as proxies send it.)
-- a connection's opening is logged (INFO) once its first byte arrives: one
-  that closes without sending a byte (a load balancer's or Kubernetes'
-  TCP probe) is logged at DEBUG only, and never reaches the handler. With
-  ``banner`` the server greets each connection first (after its PROXY
+- a connection's opening is logged (INFO) when it is accepted; with
+  ``quiet_probes``, for protocols where the client speaks first (the echo),
+  once its first byte arrives instead: one that closes without sending a
+  byte (a load balancer's or Kubernetes' TCP probe) is then logged at DEBUG
+  only, and never reaches the handler. (Not the default: a server that
+  greets its clients, a chat room say, must start its handler at once.)
+  With ``banner`` the server greets each connection first (after its PROXY
   header and TLS handshake), before it waits for the client. Whatever
   runs before the handler (the greeting, the wait for the first byte, the
   PROXY header, the handshake) runs in a task of its own, which hands the
@@ -113,6 +116,9 @@ class ServerOptions:
     - ``proxy_protocol``: each connection must begin with a PROXY protocol header, within
       ``proxy_timeout`` seconds; the handler then gets the original client's address;
     - ``log_connections``: the INFO lines of each connection opening and closing;
+    - ``quiet_probes``: for a protocol where the client speaks first: the handler starts at the
+      client's first byte, and a connection that closes without one (a health probe) is logged at
+      DEBUG, not INFO;
     - ``label``: how the log lines about its connections name the listener (``listener``; default: its address);
     - ``banner``: ``banner(address)`` is sent to each connection once it opens (after its PROXY header
       and TLS handshake, before the client has said anything), ``address`` being the client's;
@@ -127,6 +133,7 @@ class ServerOptions:
     proxy_protocol: bool = False
     proxy_timeout: float = PROXY_HEADER_TIMEOUT
     log_connections: bool = True
+    quiet_probes: bool = False
     label: str | None = None
     banner: Callable[[Any], bytes] | None = None
     backlog: int = 1024
@@ -236,7 +243,13 @@ class _Connections:
         # before the handler runs; so must a greeting, a PROXY header or a TLS handshake. A server
         # that needs none of them (logging at WARNING, say) starts the handler at once.
         self.announcing = self.log_connections and log.isEnabledFor(logging.INFO)
-        self.opens_first = self.announcing or self.banner is not None or self.tls is not None or self.proxy_protocol
+        self.quiet_probes = options.quiet_probes
+        self.opens_first = (
+            (self.announcing and self.quiet_probes)
+            or self.banner is not None
+            or self.tls is not None
+            or self.proxy_protocol
+        )
         # connections whose opening was not logged at INFO (not yet, or never: a probe, a refused
         # PROXY header): their closing is logged at DEBUG, so a probe says nothing and a refusal one line
         self.quiet: set[_Accepted] = set()
@@ -264,6 +277,8 @@ class _Connections:
         self.open += 1
         self.stats.accepted += 1
         self.quiet.add(client)
+        if not (self.quiet_probes or self.proxy_protocol):  # (a PROXY header names the client: after it)
+            self.announce(client, "connection from %s", address)
         if self.idle_timeout:
             self.activity[task] = (client.bytes_in, time.monotonic())
 
@@ -284,8 +299,11 @@ class _Connections:
         if plain:
             yield from self.greet(client, address)
         try:
-            first = _first_byte(client)
-            spoke = yield from (first if plain else timeout_after(limit, first))
+            if self.quiet_probes:
+                first = _first_byte(client)
+                spoke = yield from (first if plain else timeout_after(limit, first))
+            else:
+                spoke = True  # (whatever it sends, or not, is the handshake's or the handler's business)
         except TaskTimeout:  # said as a header or a handshake that has not begun would be
             silent = (
                 f"no complete PROXY header within {limit:g}s (0 bytes received)"
@@ -341,8 +359,8 @@ class _Connections:
                 yield from client.sendall(self.banner(address))
 
     def announce(self, client: _Accepted, message: str, peer: Any, *args: Any) -> None:
-        """The connection's opening, at INFO: it has sent something."""
-        if self.announcing:
+        """The connection's opening, at INFO (once: with quiet_probes, when it has sent something)."""
+        if self.announcing and client in self.quiet:
             self.quiet.discard(client)
             log.info(message, format_address(peer), *args, extra=self.fields(peer))
 
