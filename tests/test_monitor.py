@@ -25,13 +25,8 @@ import pytest
 import yieldio
 from yieldio import Kernel
 from yieldio.observe.monitor import LiveFeed
-from yieldio.observe.monitor_web import (
-    BadAddress,
-    allowed_hosts,
-    parse_command_address,
-    parse_monitor_address,
-    token_for,
-)
+from yieldio.observe.monitor_address import BadAddress, parse_command_address, parse_monitor_address, token_for
+from yieldio.observe.monitor_web import allowed_hosts
 
 from .harness import (
     MONITOR_AT,

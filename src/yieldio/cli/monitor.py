@@ -25,18 +25,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..observe.monitor import BLOCKED_AFTER, Json, wall_clock
-from ..observe.monitor_web import (
-    DEFAULT_ADDRESS,
-    BadAddress,
-    MonitorClient,
-    MonitorUnavailable,
-    parse_command_address,
-    parse_monitor_address,
-)
+from ..observe.monitor_address import DEFAULT_ADDRESS, BadAddress, parse_command_address, parse_monitor_address
 from .flags import FromEnvironment, bounded
+
+if TYPE_CHECKING:
+    from ..observe.monitor_web import MonitorClient
 
 EXTRA = "yieldio[monitor]"
 COMMANDS = {
@@ -111,6 +107,9 @@ def resolve_words(parser: argparse.ArgumentParser, args: argparse.Namespace, env
 
 
 def run_command(args: argparse.Namespace) -> int:
+    # the HTTP client, imported here: `yieldio serve` declares these commands too, and needs none of it
+    from ..observe.monitor_web import MonitorClient, MonitorUnavailable
+
     client = MonitorClient(args.address, args.token)
     try:
         if args.command == "ps":
@@ -207,6 +206,8 @@ def cancel_text(answer: Json) -> str:
 
 def top(client: MonitorClient, blocked_after: float, interval: float) -> int:
     """``ps`` in a table rich keeps redrawn, until Ctrl-C."""
+    from ..observe.monitor_web import MonitorUnavailable
+
     try:
         from rich.console import Console, Group
         from rich.live import Live

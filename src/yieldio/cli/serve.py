@@ -28,8 +28,8 @@ from ..io.sockets import HANDSHAKE_TIMEOUT, Socket, format_address
 from ..io.urls import BadListenURL, ListenURL, parse_listen_list, parse_listen_url
 from ..observe.metrics import Gatherer, MetricsUnavailable, answer_gatherer, local_source, prometheus
 from ..observe.metrics import make_handler as make_metrics_handler
-from ..observe.monitor_web import DEFAULT_ADDRESS as DEFAULT_MONITOR
-from ..observe.monitor_web import BadAddress, monitor_extension, open_monitor_socket, parse_monitor_address, token_for
+from ..observe.monitor_address import DEFAULT_ADDRESS as DEFAULT_MONITOR
+from ..observe.monitor_address import BadAddress, open_monitor_socket, parse_monitor_address, token_for
 from ..observe.tracefile import trace_file
 from ..servers.echo import DEFAULT_MAX_LINE, DEFAULT_PREFIX
 from ..servers.faults import Faults
@@ -493,6 +493,8 @@ def serve_command(args: argparse.Namespace) -> int:
         if args.trace_file:
             extensions.append(trace_file(_trace_path(args.trace_file, reuse_port)))
         if monitors:
+            from ..observe.monitor_web import monitor_extension  # an HTTP server: only when asked for
+
             about = {"worker": f"{slot + 1} of {len(slots)}", "workers": monitor_addresses}
             extensions.append(
                 monitor_extension(

@@ -33,7 +33,8 @@ def monitor_from_environment(kernel: Kernel) -> contextlib.AbstractContextManage
     text = os.environ.get("YIELDIO_MONITOR", "").strip()
     if not text:
         return contextlib.nullcontext()
-    from .monitor_web import BadAddress, monitor_extension, open_monitor_socket, parse_monitor_address, token_for
+    from .monitor_address import BadAddress, open_monitor_socket, parse_monitor_address, token_for
+    from .monitor_web import monitor_extension
 
     try:
         host, port = parse_monitor_address(text)

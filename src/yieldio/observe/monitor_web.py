@@ -41,11 +41,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import importlib.resources
-import ipaddress
 import json
 import logging
 import re
-import secrets
 import socket
 import threading
 import time
@@ -61,11 +59,13 @@ from ..core.kernel import Kernel
 from ..core.runner import Extension
 from ..io.sockets import format_address
 from .monitor import BLOCKED_AFTER, Json, Monitor, Refused, UnknownTask
+from .monitor_address import (  # (where to find a monitor: light, for the commands)
+    is_loopback,
+    plain_address,
+)
 
 log = logging.getLogger("yieldio")
 
-DEFAULT_PORT = 48802  # curio's monitor port, where people look for one
-DEFAULT_ADDRESS = ("127.0.0.1", DEFAULT_PORT)
 PAGE_LIMIT = 200  # tasks per list in a page's push (the counts say how many there are)
 PUSH_INTERVAL = 0.1  # at most ten pushes a second
 PUSH_EVERY = 1.0  # and one a second at least, for the clocks and to notice a closed page
@@ -82,63 +82,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 TASK_PATH = re.compile(r"/api/task/(\d+)(/cancel)?")
-
-
-class BadAddress(ValueError):
-    """A monitor address that is not [HOST:]PORT with an IP address (or localhost)."""
-
-
-def parse_monitor_address(text: str) -> tuple[str, int]:
-    """``--monitor [HOST:]PORT``: ``PORT`` and ``:PORT`` mean 127.0.0.1 (unlike ``--listen``, where an empty
-    host is every address: a monitor is reached from elsewhere only when an address is named);
-    HOST is an IP address (IPv6 in brackets) or ``localhost``."""
-    host, colon, port_text = text.strip().rpartition(":")
-    if not colon:
-        host = ""
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise BadAddress(f"expected [HOST:]PORT, not {text!r}")
-    if host in ("", "localhost"):
-        return "127.0.0.1", int(port_text)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise BadAddress(f"the monitor's host must be an IP address or localhost, not {host!r}") from None
-    return host, int(port_text)
-
-
-def parse_command_address(text: str) -> tuple[str, int]:
-    """A command's ADDR: HOST:PORT, always with its colon (``:PORT`` is 127.0.0.1)."""
-    if ":" not in text:
-        raise BadAddress(f"an address is HOST:PORT, with a colon, not {text!r}")
-    return parse_monitor_address(text)
-
-
-def plain_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An IP address, IPv4 when it is an IPv4 address mapped into IPv6 (a dual-stack socket's peers)."""
-    address = ipaddress.ip_address(host)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def is_loopback(host: str) -> bool:
-    return plain_address(host).is_loopback
-
-
-def open_monitor_socket(host: str, port: int) -> socket.socket:
-    """The endpoint's listening socket, opened before anything is served; OSError if it cannot be."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(16)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 @dataclass
@@ -190,13 +133,6 @@ class MonitorEndpoint:
         self.server.shutdown()
         self.server.server_close()
         self.settings.monitor.close()
-
-
-def token_for(host: str, given: str | None) -> str | None:
-    """The token a monitor on ``host`` requires: the one given; else one made now, unless on loopback."""
-    if given or is_loopback(host):
-        return given or None
-    return secrets.token_urlsafe(18)
 
 
 def monitor_extension(
