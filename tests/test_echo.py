@@ -266,7 +266,7 @@ def test_plain_echo_cancelled_mid_write_sends_the_rest_once(monkeypatch: pytest.
     echo = yieldio.make_echo_handler(prefix=b"")
 
     def small_send_buffer(client: Socket, address: Any) -> Any:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)  # a 256 KiB reply goes in pieces
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # a 64 KiB reply goes in pieces
         return echo(client, address)
 
     async def send_all(sock: Socket) -> None:
