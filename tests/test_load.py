@@ -43,6 +43,8 @@ import trustme
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped,unused-ignore]
 from hdrh.log import HistogramLogReader  # type: ignore[import-untyped,unused-ignore]
 
+from yieldio.compiled import request_step as compiled_request_step
+
 from .harness import (
     SRC,
     ChildProcess,
@@ -221,6 +223,22 @@ def test_exact_counts_on_every_transport(
     assert report["mode"] == "closed"
     for server in serve_process.started:
         server.assert_healthy()
+
+
+@pytest.mark.parametrize("pure", ["1", "0"], ids=["pure", "compiled"])
+@pytest.mark.parametrize("extra", [[], ["--churn", "7"], ["--rate", "2000"]], ids=["closed", "churn", "open"])
+def test_the_pure_and_the_compiled_client_loops_count_alike(
+    serve_process: ProcessServers, pure: str, extra: list[str]
+) -> None:
+    # -n tickets are taken before each echo is read when the compiled step sends the next request
+    # with it: the totals must still be exact, with churn (a connection's last request sends nothing
+    # after it) and in open loop (where nothing is sent by the step)
+    if pure == "0" and compiled_request_step is None:
+        pytest.skip("the compiled step is not in use (a pure build, or YIELDIO_PURE=1)")
+    _, url = serve(serve_process, "tcp://127.0.0.1:0")
+    load = run_load(url, "-n", "999", "-c", "10", "--verbose", *extra, env={**os.environ, "YIELDIO_PURE": pure})
+    assert_clean(load, 999)
+    assert f"client loop: {'pure' if pure == '1' else 'compiled'}".encode() in load.stderr, load.describe()
 
 
 def test_line_framing_with_another_prefix_as_istios_tcp_echo(serve_process: ProcessServers) -> None:

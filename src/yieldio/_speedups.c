@@ -1,4 +1,5 @@
-/* yieldio._speedups: the plain echo's per-message step in C (optional; see yieldio/servers/echo.py).
+/* yieldio._speedups: the plain echo's per-message step, and the load client's, in C (optional; see
+yieldio/servers/echo.py and yieldio/clients/load.py).
 
 Why: at 1 KiB per message the echo server spends most of its user-space time
 in the Python-level price of two socket calls per message (argument parsing
@@ -20,6 +21,25 @@ echo_step(fd, buffer, head) -> int | None | tuple[int, int]
       (ConnectionResetError, BrokenPipeError...). EINTR is retried after the
       signal handlers ran, as the socket methods do.
 
+request_step(fd, buffer, prefix, message, following) -> float | tuple[float, int] | bytes | None
+    The load client's step (see yieldio/clients/load.py): receives once into
+    buffer; when that is exactly prefix + message, notes the time and then
+    sends following (unless it is None), the connection's next request.
+    Why: the client's requests/s are bounded by its per-request CPU, and
+    in Python most of what is not the two system calls is their price
+    (argument parsing, a fresh 64 KiB bytes per read, an expected-echo
+    concatenation, a comparison, a clock call).
+    - the echo matched, following sent whole (or None): returns the time
+      it matched, in time.perf_counter()'s seconds (both are
+      CLOCK_MONOTONIC on Linux);
+    - the echo matched, following sent in part (EAGAIN: maybe none):
+      returns (time, sent), and the caller sends the rest;
+    - nothing to read (EAGAIN): returns None;
+    - anything else read (a short, long or wrong echo; b'' at end of
+      input): returns it as bytes, following not sent, for the caller's
+      byte-by-byte check;
+    - any other error raises OSError with its errno, as echo_step does.
+
 SOURCE_SHA256: the SHA-256 of this file as it was compiled (the build passes
 it as a macro); yieldio.compiled does not load a module built from another
 version of this file.
@@ -29,6 +49,8 @@ version of this file.
 
 #include <errno.h>
 #include <limits.h>
+#include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -66,6 +88,21 @@ transfer(int sending, int fd, char *data, size_t size, int *error)
     }
 }
 
+/* A file descriptor from a Python int; -1 with an exception set if it is not one. */
+static int
+descriptor(PyObject *number)
+{
+    long fd = PyLong_AsLong(number);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return -1;
+    }
+    return (int)fd;
+}
+
 static PyObject *
 echo_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -74,12 +111,8 @@ echo_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "echo_step(fd, buffer, head) takes 3 arguments");
         return NULL;
     }
-    long fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (fd < 0 || fd > INT_MAX) {
-        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+    int fd = descriptor(args[0]);
+    if (fd < 0) {
         return NULL;
     }
     Py_ssize_t head = PyLong_AsSsize_t(args[2]);
@@ -97,7 +130,7 @@ echo_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     char *base = view.buf;
     int error = 0;
-    ssize_t received = transfer(0, (int)fd, base + head, (size_t)(view.len - head), &error);
+    ssize_t received = transfer(0, fd, base + head, (size_t)(view.len - head), &error);
     if (received == -2) {
         PyBuffer_Release(&view);
         return NULL;
@@ -113,7 +146,7 @@ echo_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return raise_errno(error);
     }
     size_t reply = (size_t)(head + received);
-    ssize_t sent = transfer(1, (int)fd, base, reply, &error);
+    ssize_t sent = transfer(1, fd, base, reply, &error);
     if (sent == -2) {
         PyBuffer_Release(&view);
         return NULL;
@@ -131,14 +164,95 @@ echo_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(nn)", (Py_ssize_t)received, (Py_ssize_t)sent);
 }
 
+/* time.perf_counter()'s clock, as a double in seconds */
+static double
+perf_counter(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+}
+
+static PyObject *
+request_step(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "request_step(fd, buffer, prefix, message, following) takes 5 arguments");
+        return NULL;
+    }
+    int fd = descriptor(args[0]);
+    if (fd < 0) {
+        return NULL;
+    }
+    if (!PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) || (args[4] != Py_None && !PyBytes_Check(args[4]))) {
+        PyErr_SetString(PyExc_TypeError, "prefix and message must be bytes, following bytes or None");
+        return NULL;
+    }
+    Py_ssize_t prefix_size = PyBytes_GET_SIZE(args[2]);
+    Py_ssize_t message_size = PyBytes_GET_SIZE(args[3]);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (view.len <= prefix_size + message_size) {  /* room for one byte more than the echo, to see a long one */
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "the buffer must be longer than the echo");
+        return NULL;
+    }
+    char *base = view.buf;
+    int error = 0;
+    ssize_t received = transfer(0, fd, base, (size_t)view.len, &error);
+    if (received == -2) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (received < 0) {
+        PyBuffer_Release(&view);
+        if (error == EAGAIN || error == EWOULDBLOCK) {
+            Py_RETURN_NONE;
+        }
+        return raise_errno(error);
+    }
+    if (received != prefix_size + message_size
+        || memcmp(base, PyBytes_AS_STRING(args[2]), (size_t)prefix_size) != 0
+        || memcmp(base + prefix_size, PyBytes_AS_STRING(args[3]), (size_t)message_size) != 0) {
+        PyObject *read = PyBytes_FromStringAndSize(base, received);
+        PyBuffer_Release(&view);
+        return read;
+    }
+    PyBuffer_Release(&view);
+    double matched = perf_counter();
+    if (args[4] == Py_None) {
+        return PyFloat_FromDouble(matched);
+    }
+    Py_ssize_t following_size = PyBytes_GET_SIZE(args[4]);
+    ssize_t sent = transfer(1, fd, PyBytes_AS_STRING(args[4]), (size_t)following_size, &error);
+    if (sent == -2) {
+        return NULL;
+    }
+    if (sent < 0) {
+        if (error != EAGAIN && error != EWOULDBLOCK) {
+            return raise_errno(error);
+        }
+        sent = 0;
+    }
+    if (sent == following_size) {
+        return PyFloat_FromDouble(matched);
+    }
+    return Py_BuildValue("(dn)", matched, (Py_ssize_t)sent);
+}
+
 static PyMethodDef speedups_methods[] = {
     {"echo_step", (PyCFunction)(void (*)(void))echo_step, METH_FASTCALL,
      "echo_step(fd, buffer, head): receive into buffer[head:], send buffer[:head + n]; see the module."},
+    {"request_step", (PyCFunction)(void (*)(void))request_step, METH_FASTCALL,
+     "request_step(fd, buffer, prefix, message, following): check one echo, send the next; see the module."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
-    PyModuleDef_HEAD_INIT, "yieldio._speedups", "The plain echo's per-message step in C.", -1, speedups_methods,
+    PyModuleDef_HEAD_INIT, "yieldio._speedups", "The plain echo's per-message step, and the load client's, in C.", -1, speedups_methods,
 };
 
 PyMODINIT_FUNC

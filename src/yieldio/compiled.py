@@ -1,10 +1,11 @@
-"""Which echo loop runs: the compiled step, when the build made it, or the pure-Python loop.
+"""Which loops run: the compiled steps, when the build made them, or the pure-Python loops.
 
-The compiled step (:mod:`yieldio._speedups`, built from ``_speedups.c`` at install time when
-a C compiler is there; ``YIELDIO_NO_EXTENSIONS=1`` at install time builds without it) does the
-plain echo's per-message receive and send in one C call. The pure-Python loop is the reference:
-both make the same system calls and behave the same. ``YIELDIO_PURE=1`` in the environment
-chooses the pure loop at run time.
+The compiled module (:mod:`yieldio._speedups`, built from ``_speedups.c`` at install time when
+a C compiler is there; ``YIELDIO_NO_EXTENSIONS=1`` at install time builds without it) has two
+steps: the plain echo's per-message receive and send (``echo_step``), and the load client's
+check of one echo with the send of its next request (``request_step``), each one C call. The
+pure-Python loops are the reference: both make the same system calls and behave the same.
+``YIELDIO_PURE=1`` in the environment chooses the pure loops at run time.
 
 A module that is there but is not the build of this Python and this source is never used
 silently: one built for another Python (another ``EXT_SUFFIX``, or one that fails to load), or,
@@ -21,8 +22,10 @@ import sysconfig
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 EchoStep = Callable[[int, memoryview, int], int | tuple[int, int] | None]
+RequestStep = Callable[[int, bytearray, bytes, bytes, bytes | None], float | tuple[float, int] | bytes | None]
 
 HERE = Path(__file__).resolve().parent
 REBUILD = "Rebuild it with this Python: `pip install -e .` in the source tree (./test.sh does), or reinstall yieldio"
@@ -37,39 +40,39 @@ def _compiled_modules() -> list[str]:
     return sorted(path.name for path in HERE.glob("_speedups.*") if path.suffix in (".so", ".pyd"))
 
 
-def _load() -> EchoStep | None:
+def _load() -> ModuleType | None:
     if os.environ.get("YIELDIO_PURE") == "1":
         return None
     try:
-        from ._speedups import echo_step  # a missing module raises ModuleNotFoundError, another failure ImportError
+        from . import _speedups  # a missing module raises ModuleNotFoundError, another failure ImportError
     except ImportError as error:
         found = _compiled_modules()
         if found or not isinstance(error, ModuleNotFoundError):
             wanted = "_speedups" + str(sysconfig.get_config_var("EXT_SUFFIX"))
             warnings.warn(
                 f"yieldio: {', '.join(found) or 'the compiled module'} in {HERE} cannot be loaded by this Python"
-                f" (it would load {wanted}: {error}); the pure-Python echo loop runs. Built for another Python?"
+                f" (it would load {wanted}: {error}); the pure-Python loops run. Built for another Python?"
                 f" {REBUILD}",
                 StaleBuildWarning,
                 stacklevel=2,
             )
         return None
-    from . import _speedups
-
     source = HERE / "_speedups.c"
     if source.is_file():  # a source tree: the module must have been compiled from this very file
         built_from = getattr(_speedups, "SOURCE_SHA256", None)
         if built_from != hashlib.sha256(source.read_bytes()).hexdigest():
             warnings.warn(
                 f"yieldio: {_speedups.__file__} was compiled from another version of {source} (older?);"
-                f" the pure-Python echo loop runs. {REBUILD}",
+                f" the pure-Python loops run. {REBUILD}",
                 StaleBuildWarning,
                 stacklevel=2,
             )
             return None
-    return echo_step
+    return _speedups
 
 
-echo_step: EchoStep | None = _load()
+_module = _load()
+echo_step: EchoStep | None = None if _module is None else _module.echo_step
+request_step: RequestStep | None = None if _module is None else _module.request_step
 
 ECHO_LOOP = "pure" if echo_step is None else "compiled"

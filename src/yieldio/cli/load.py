@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import IO, Any, Self, TextIO
 
-from ..clients.load import Load, LoadError, LoadPlan, Tally
+from ..clients.load import Load, LoadError, LoadPlan, Tally, client_loop
 from ..core.kernel import Cancelled
 from ..core.runner import SignalRoute, new_kernel
 from ..core.scopes import TaskTimeout, timeout_after
@@ -193,7 +193,7 @@ def load_command(args: argparse.Namespace) -> int:
             results, interrupted = _run_workers(plan, args, outputs)
         if results is None:
             return 2  # the probe failed: said already
-        return _finish(results, args, outputs, interrupted)
+        return _finish(results, args, outputs, interrupted, client_loop(plan))
 
 
 def _plan(args: argparse.Namespace) -> LoadPlan:
@@ -648,7 +648,7 @@ class _LiveView:
 # -- the verdict ----------------------------------------------------------------------------
 
 
-def _finish(results: Results, args: argparse.Namespace, outputs: _Outputs, interrupted: bool) -> int:
+def _finish(results: Results, args: argparse.Namespace, outputs: _Outputs, interrupted: bool, loop: str) -> int:
     report = results.to_json()
     verdicts = _verdicts(results, args)
     report["failed"] = verdicts
@@ -668,6 +668,8 @@ def _finish(results: Results, args: argparse.Namespace, outputs: _Outputs, inter
                 return 1
     human = outputs.human
     print(text_report(results, verbose=args.verbose), file=human)
+    if args.verbose:
+        print(f"  client loop: {loop}", file=human)
     for warning in warnings:
         print(f"  warning: {warning}", file=human)
     for verdict in verdicts:

@@ -40,6 +40,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+from ..compiled import RequestStep
+from ..compiled import request_step as compiled_request_step
 from ..core import traps
 from ..core.kernel import Kernel, Task, current_kernel
 from ..core.scopes import TaskGroup
@@ -54,6 +56,18 @@ from .echo_check import SEQUENCE, EchoCheck, Framing, Messages, Mismatch
 RECV_SIZE = 64 * 1024
 EXAMPLES_KEPT = 5  # the first few faults are described, the rest only counted
 DOCUMENTATION_SOURCE = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}  # RFC 5737, RFC 3849
+
+
+def _request_step(client: Socket) -> RequestStep:
+    if compiled_request_step is None or isinstance(client.socket, ssl.SSLSocket):
+        return _pure_request_step(client.socket)
+    return compiled_request_step
+
+
+def client_loop(plan: LoadPlan) -> Literal["compiled", "pure"]:
+    """Which per-request loop a plan's connections run: the compiled step serves plain streams only."""
+    plain_stream = plan.target.kind in ("tcp", "unix") and plan.ssl is None
+    return "compiled" if plain_stream and compiled_request_step is not None else "pure"
 
 
 class LoadError(Exception):
@@ -157,6 +171,9 @@ class Load:
         self.messages = Messages(
             plan.size, plan.prefix, plan.framing, seed=plan.seed, sequenced=plan.target.kind == "udp"
         )
+        # the compiled step reads every echo here (one at a time: the kernel runs one task at a time),
+        # with room for a byte more than the echo, to tell a long echo from an exact one
+        self.receive_buffer = bytearray(max(RECV_SIZE, len(plan.prefix) + plan.size + 1))
         tally.sizes = (plan.size, len(plan.prefix) + plan.size)
         self.remaining = plan.requests  # requests not yet started (None: no limit)
         self.addresses: list[AddressInfo] = []
@@ -311,7 +328,7 @@ class Load:
                         tally.connections_lost += 1
                         return
                 try:
-                    done = await _stream_requests(self, sock, index, sent, schedule)
+                    done = await _stream_requests(self, sock, index, sent, schedule, _request_step(sock))
                     sent += done
                     if self.remaining is not None and self.remaining <= 0:
                         return
@@ -355,78 +372,145 @@ class _ConnectionFault(Exception):
 
 @types.coroutine
 def _stream_requests(
-    load: Load, client: Socket, index: int, sent: int, schedule: Callable[[int], float] | None
+    load: Load, client: Socket, index: int, sent: int, schedule: Callable[[int], float] | None, step: RequestStep
 ) -> Generator[Any, Any, int]:
     """Requests over one connection until churn ends it (returns how many), the tickets run out, or a
     fault (:class:`_ConnectionFault`).
 
+    Each echo is read, checked and timed by ``step``, which also sends the connection's next
+    request the moment the echo matched: the compiled step (:mod:`yieldio._speedups`) on a plain
+    socket, else :func:`_pure_request_step`, the reference. So in closed loop the next request is
+    chosen (its ticket taken) before the echo of the one on the wire is read, and the time the step
+    returns ends one latency and begins the next. Open loop, a first request, or one after an echo
+    that needed the byte-by-byte check go out here. A next request that was not sent after all
+    gives its ticket and its number back.
+
     Dense on purpose: this loop is what limits the load one process can send, so what it touches
-    per request is a local; a message is a slice of the random pool, made here rather than by a
-    call; the common echo (one read, exactly ``prefix + message``) is checked by one comparison;
-    and the tally keeps one counter per request (the byte counts follow from it).
+    per request is a local, a message is a slice of the random pool made here rather than by a
+    call, and the tally keeps one counter per request (the byte counts follow from it).
     """
     plan, tally, messages = load.plan, load.tally, load.messages
     prefix, churn, size = plan.prefix, plan.churn, plan.size
-    pool, step, span = messages.slicing()  # None: not plain random bytes (line framing)
+    pool, step_size, span = messages.slicing()
     stride = plan.connections
-    number = index + sent * stride  # message numbers: each connection its own
+    number = index + sent * stride
     sock = client.socket
+    fd = sock.fileno()
     readable = client.readable
+    buffer = load.receive_buffer
     inflight = load.inflight
     clock = time.perf_counter
     latencies = tally.latencies
+    chained = schedule is None
     done = 0
+    began = 0.0
+    message: bytes | None = None  # the request on the wire
+    following: bytes | None = None  # the next one, sent by the step when this echo matches
     try:
         while True:
-            if load.remaining is not None:  # -n: a ticket per request, shared by every connection
-                if load.remaining <= 0:
+            if message is None or (chained and not (churn and (done + 1) % churn == 0)):
+                remaining = load.remaining
+                if remaining is None or remaining > 0:
+                    if remaining is not None:
+                        load.remaining = remaining - 1
+                    if pool is None:
+                        following = messages[number]
+                    else:
+                        start = number * step_size % span
+                        following = pool[start : start + size]
+                    number += stride
+            if message is None:  # nothing on the wire: send the plain way
+                if following is None:
                     return done
-                load.remaining -= 1
-            if pool is None:
-                message = messages[number]
-            else:
-                start = number * step % span
-                message = pool[start : start + size]
-            number += stride
-            expected = prefix + message
-            now = clock()
-            if schedule is None:
-                began = now
-            else:
-                began = schedule(sent + done)
-                if began > now:
-                    yield from traps.sleep(began - now)  # the kernel keeps precise timers (see Load.run)
-                    now = clock()
-                if now - began > 0.001 and tally.measuring:
-                    tally.behind += 1
-            inflight[index] = now
-            try:
-                n = sock.send(message)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                n = 0  # (a TLS send takes all or nothing, and is then repeated whole)
-            if n < len(message):
-                yield from client.send_rest(memoryview(message)[n:])
+                message, following = following, None
+                if schedule is None:
+                    began = now = clock()
+                else:
+                    began, now = yield from _turn(tally, schedule(sent + done))
+                inflight[index] = now
+                try:
+                    n = sock.send(message)
+                except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    n = 0  # (a TLS send takes all or nothing, and is then repeated whole)
+                if n < len(message):
+                    yield from client.send_rest(memoryview(message)[n:])
+                continue
             yield readable
-            try:
-                data = sock.recv(RECV_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # TLS: half a record so far
-                data = yield from client.recv(RECV_SIZE)
-            if data != expected:
-                yield from _slow_echo(client, message, prefix, data, sent + done)
-            ended = clock()
-            inflight[index] = 0.0
+            result = step(fd, buffer, prefix, message, following)
+            while result is None:
+                yield readable
+                result = step(fd, buffer, prefix, message, following)
+            if type(result) is float:
+                ended = result
+            elif type(result) is tuple:
+                ended = result[0]
+            else:  # not the exact echo in one read: the next request was not sent
+                if following is not None:
+                    following = None
+                    number -= stride
+                    if load.remaining is not None:
+                        load.remaining += 1
+                yield from _slow_echo(client, message, prefix, cast(bytes, result), sent + done)
+                ended = clock()
             done += 1
             if tally.measuring:
                 tally.requests += 1
                 latencies.append(int((ended - began) * 1e6))
-            if churn and done % churn == 0:
-                return done
+            message, following = following, None
+            if message is None:
+                inflight[index] = 0.0
+                if churn and done % churn == 0:
+                    return done
+                continue
+            began = ended
+            inflight[index] = ended
+            if type(result) is tuple:  # the next request went out in part
+                yield from client.send_rest(memoryview(message)[result[1] :])
     except RequestTimedOut:
         raise _ConnectionFault("timeout", f"no echo within {plan.timeout:g}s", done) from None
     except ssl.SSLError as error:
         raise _ConnectionFault("tls", error_reason(error), done) from None
     except ConnectionError as error:
         raise _ConnectionFault("reset", error_reason(error), done) from None
+    finally:
+        if following is not None and load.remaining is not None:
+            load.remaining += 1  # chosen but never sent
+
+
+def _pure_request_step(sock: socket.socket) -> RequestStep:
+    """The request step in Python, for a TLS socket or a build without the compiled one: what
+    ``request_step`` in ``_speedups.c`` does (see there), through the socket's own methods."""
+    recv, send, clock = sock.recv, sock.send, time.perf_counter
+
+    def step(_: int, __: bytearray, prefix: bytes, message: bytes, following: bytes | None) -> Any:
+        try:
+            data = recv(RECV_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # TLS: half a record so far
+            return None
+        if data != prefix + message:
+            return data
+        matched = clock()
+        if following is None:
+            return matched
+        try:
+            n = send(following)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            n = 0
+        return matched if n == len(following) else (matched, n)
+
+    return step
+
+
+@types.coroutine
+def _turn(tally: Tally, intended: float) -> Generator[Any, Any, tuple[float, float]]:
+    """Open loop: wait for a request's intended send time; (intended, now), a late send counted."""
+    now = time.perf_counter()
+    if intended > now:
+        yield from traps.sleep(intended - now)  # the kernel keeps precise timers (see Load.run)
+        now = time.perf_counter()
+    if now - intended > 0.001 and tally.measuring:
+        tally.behind += 1
+    return intended, now
 
 
 @types.coroutine
