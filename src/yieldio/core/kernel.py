@@ -91,18 +91,20 @@ class Supervisor(Protocol):
 
 
 class Timer:
-    """``callback(arg)``, due at ``deadline`` (``time.monotonic()``); an entry of the kernel's heap."""
+    """``callback(arg)``, due at ``deadline`` (``time.monotonic()``).
 
-    __slots__ = ("arg", "callback", "deadline", "seq")
+    The kernel's heap holds ``(deadline, seq, timer)`` tuples rather than timers: the heap's
+    comparisons are then made in C, on floats, where a ``__lt__`` would be a Python call per
+    comparison, a dozen of them per timer among a hundred, and they fall between a deadline and
+    the task it wakes. ``seq`` gives ties between equal deadlines to the older timer.
+    """
 
-    def __init__(self, deadline: float, seq: int, callback: Callable[[Any], None], arg: Any) -> None:
+    __slots__ = ("arg", "callback", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[Any], None], arg: Any) -> None:
         self.deadline = deadline
-        self.seq = seq  # ties between equal deadlines go to the older timer
         self.callback: Callable[[Any], None] | None = callback
         self.arg = arg
-
-    def __lt__(self, other: Timer) -> bool:
-        return self.deadline < other.deadline or (self.deadline == other.deadline and self.seq < other.seq)
 
     @property
     def cancelled(self) -> bool:
@@ -208,7 +210,7 @@ class Kernel:
         self._writers: dict[int, Task] = {}
         self._masks: dict[int, int] = {}  # fd -> interest registered with the poller
         self._owners: dict[int, Any] = {}  # fd -> the object a classic trap named, to notice reuse
-        self._timers: list[Timer] = []  # a heap
+        self._timers: list[tuple[float, int, Timer]] = []  # a heap (see Timer)
         self._sleepers: dict[Task, Timer] = {}  # each sleeping task's entry in the heap
         self._seq = itertools.count()
         self._tasks: dict[int, Task] = {}
@@ -265,8 +267,9 @@ class Kernel:
 
     def call_later(self, delay: float, callback: Callable[[Any], None], arg: Any = None) -> Timer:
         """Run ``callback(arg)`` from the kernel after ``delay`` seconds; ``Timer.cancel()`` takes it back."""
-        timer = Timer(time.monotonic() + delay, next(self._seq), callback, arg)
-        heapq.heappush(self._timers, timer)
+        deadline = time.monotonic() + delay
+        timer = Timer(deadline, callback, arg)
+        heapq.heappush(self._timers, (deadline, next(self._seq), timer))
         return timer
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
@@ -486,7 +489,7 @@ class Kernel:
             if ready:
                 timeout = 0.0
             elif timers:
-                timeout = max(timers[0].deadline - monotonic(), 0.0)
+                timeout = max(timers[0][0] - monotonic(), 0.0)
                 if self.precise_timers:  # the poll's timeout is whole milliseconds, rounded up: wait less, poll again
                     timeout = timeout - 0.001 if timeout > 0.001 else 0.0
             elif readers or writers or self._from_threads or threading.active_count() > 1:
@@ -511,7 +514,7 @@ class Kernel:
                     for woken, what in ((reader, "readable"), (writer, "writable")):
                         if woken is not None:
                             self._emit(self.hooks.task_woken, woken, f"poll: fd {fd} {what}")
-            if timers and timers[0].deadline <= monotonic():
+            if timers and timers[0][0] <= monotonic():
                 self._fire_timers()
             if watched and self._held is not None:
                 self._hold_ready()
@@ -653,8 +656,8 @@ class Kernel:
     def _fire_timers(self) -> None:
         timers = self._timers
         now = time.monotonic()
-        while timers and timers[0].deadline <= now:
-            timer = heapq.heappop(timers)
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
             if timer.callback is not None:
                 timer.callback(timer.arg)
 
