@@ -125,7 +125,6 @@ class Task:
         "_exc",
         "_joiners",
         "_next",
-        "_send",
         "coro",
         "created",
         "daemon",
@@ -153,7 +152,6 @@ class Task:
         self.result: Any = None
         self.exception: BaseException | None = None
         self.supervisor: Supervisor | None = None  # told when it ends, and reports its failure
-        self._send = coro.send  # bound once: it runs at every resumption (throw, rarely, is looked up)
         self._next: Any = None  # the value to send at its next resumption
         self._exc: BaseException | None = None  # ... or the exception to throw
         # (task, wants the outcome) waiting for this one; a list only once someone waits (memory per task)
@@ -532,7 +530,7 @@ class Kernel:
                     self._emit(self.hooks.task_resumed, task)
                 try:
                     if task._exc is None:
-                        trap = task._send(task._next)
+                        trap = task.coro.send(task._next)
                     else:
                         exc, task._exc = task._exc, None
                         trap = task.coro.throw(exc)
