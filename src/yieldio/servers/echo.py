@@ -254,10 +254,13 @@ def _echo_compiled(client: Socket, prefix: bytes, step: EchoStep) -> Generator[A
     0 at end of input, None if there was nothing to read yet, or (received, sent) when the
     reply went out only in part: then the rest is copied and sent as the plain loop does.
     """
+    # As few locals as the loop can do with: each is a slot in this generator's frame, which an
+    # idle connection keeps. The descriptor is the one in the readable trap, not fileno()'s own int
+    # (above 256, a new 32-byte object per call).
     head = len(prefix)
-    whole, _ = _scratch_buffer(prefix)
-    fd = client.fileno()
+    whole = _scratch_buffer(prefix)[0]
     readable = client.readable
+    fd = readable[1]
     unsent: Any = b""
     before = 0
     try:
@@ -272,10 +275,10 @@ def _echo_compiled(client: Socket, prefix: bytes, step: EchoStep) -> Generator[A
                 break
             if done is None:
                 continue
-            received, sent = cast(tuple[int, int], done)  # the reply went out in part
-            client.bytes_in += received
-            client.bytes_out += sent
-            unsent = memoryview(bytes(whole[sent : head + received]))  # the buffer is shared: keep the rest
+            done = cast(tuple[int, int], done)  # (received, sent): the reply went out in part
+            client.bytes_in += done[0]
+            client.bytes_out += done[1]
+            unsent = memoryview(bytes(whole[done[1] : head + done[0]]))  # the buffer is shared: keep the rest
             before = client.bytes_out
             yield from client.send_rest(unsent)
             unsent = b""

@@ -251,7 +251,9 @@ class _Connections:
             or self.proxy_protocol
         )
         # connections whose opening was not logged at INFO (not yet, or never: a probe, a refused
-        # PROXY header): their closing is logged at DEBUG, so a probe says nothing and a refusal one line
+        # PROXY header): their closing is logged at DEBUG, so a probe says nothing and a refusal one
+        # line. Kept only when openings are announced: otherwise every closing is at DEBUG, and an
+        # entry per connection would be memory for nothing.
         self.quiet: set[_Accepted] = set()
         self.open = 0  # connections whose task has not ended
         self.slot_waiters: list[Task] = []
@@ -276,7 +278,8 @@ class _Connections:
         task.supervisor = client
         self.open += 1
         self.stats.accepted += 1
-        self.quiet.add(client)
+        if self.announcing:
+            self.quiet.add(client)
         if not (self.quiet_probes or self.proxy_protocol):  # (a PROXY header names the client: after it)
             self.announce(client, "connection from %s", address)
         if self.idle_timeout:
@@ -394,7 +397,7 @@ class _Connections:
         if error is not None and not isinstance(error, Cancelled):
             log.error("connection %s: %r failed", format_address(address), task.name, exc_info=error)
         fields = self.fields(address) | {"bytes_in": client.bytes_in, "bytes_out": client.bytes_out}
-        if client in self.quiet:
+        if not self.announcing or client in self.quiet:
             self.quiet.discard(client)
             log.debug("connection closed %s", format_address(address), extra=fields)
         else:
