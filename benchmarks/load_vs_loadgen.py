@@ -16,7 +16,9 @@ interleaved, against the same ``c_epoll`` server (pinned to its own CPU), at
 * open loop at a fixed ``--rate`` well below both limits: p50/p90/p99 of
   both, and their ratios. Both count latency from each request's intended
   send time (wrk2's correction) and both report requests sent more than
-  1 ms late, so the percentiles measure the same thing.
+  1 ms late, so the percentiles measure the same thing. Beside them
+  ``python_floor.py``, a bare Python epoll client on the same schedule:
+  what any Python client pays here, apart from what yieldio adds.
 
 For each run it also samples, over the middle of the run (after the warm-up,
 before the end), the server's and the client's CPU (``/proc/PID/stat``) and
@@ -90,7 +92,7 @@ PERCENTILES = ("p50", "p90", "p99", "p999", "max")
 class Run:
     """One client run: what it said, and what /proc said about it."""
 
-    client: str  # loadgen | yieldio | yieldio-workers
+    client: str  # loadgen | yieldio | yieldio-workers | python-floor
     mode: str  # closed | open
     repeat: int
     command: list[str]
@@ -128,7 +130,14 @@ def yieldio_cmd(python: str, port: int, duration: float, rate: float | None, wor
     return cmd + (["--workers", str(workers)] if workers > 1 else [])
 
 
+def python_floor_cmd(python: str, port: int, duration: float, rate: float) -> list[str]:
+    cmd = [python, str(Path(__file__).with_name("python_floor.py")), "--host", HOST, "--port", str(port)]
+    cmd += ["--conns", str(CONNS), "--size", str(SIZE), "--rate", str(rate)]
+    return [*cmd, "--warmup", str(WARMUP_S), "--duration", str(duration)]
+
+
 def parse_loadgen(run: Run, stdout: str) -> None:
+    """loadgen.c's result line (python_floor.py prints the same fields)."""
     result = next((json.loads(line) for line in reversed(stdout.splitlines()) if '"result"' in line), None)
     if result is None:
         run.error = "no result line"
@@ -261,7 +270,7 @@ def run_client(run: Run, args: argparse.Namespace, server: subprocess.Popen[byte
         run.client_user_frac = (u1 - u0) / span
         run.other_cpu_frac = max(0.0, (o1 - o0) / span)
     text = stdout.decode(errors="replace")
-    if run.client == "loadgen":
+    if run.client in ("loadgen", "python-floor"):
         parse_loadgen(run, text)
     else:
         parse_yieldio(run, text)
@@ -285,6 +294,7 @@ def plan(args: argparse.Namespace, loadgen: Path, port: int, repeat: int) -> lis
     opened = [
         (Run("loadgen", "open", repeat, loadgen_cmd(loadgen, port, od, rate)), od),
         (Run("yieldio", "open", repeat, yieldio_cmd(args.python, port, od, rate, 1)), od),
+        (Run("python-floor", "open", repeat, python_floor_cmd(args.python, port, od, rate)), od),
     ]
     if repeat % 2 == 0:
         closed.reverse()
@@ -357,7 +367,12 @@ def limit_of(row: dict[str, Any]) -> str:
 
 def report(runs: list[Run], summary: dict[str, Any], meta: dict[str, Any], args: argparse.Namespace) -> str:
     workers = f"yieldio load --workers {args.workers}"
-    names = {"loadgen": "loadgen.c", "yieldio": "yieldio load", "yieldio-workers": workers}
+    names = {
+        "loadgen": "loadgen.c",
+        "yieldio": "yieldio load",
+        "yieldio-workers": workers,
+        "python-floor": "python_floor.py",
+    }
     lines = [
         f"## yieldio load vs loadgen.c, {meta['date']}",
         "",
@@ -404,23 +419,33 @@ def report(runs: list[Run], summary: dict[str, Any], meta: dict[str, Any], args:
             ),
         ]
     lo, yo = summary.get("loadgen open"), summary.get("yieldio open")
+    fo = summary.get("python-floor open") or {"latency_us": dict.fromkeys(PERCENTILES)}
     if lo and yo:
         lines += [
             "",
-            f"Open loop at {args.rate:,.0f} requests/s (latency from each intended send time):",
+            (
+                f"Open loop at {args.rate:,.0f} requests/s (latency from each intended send time; python_floor.py "
+                "is a bare Python epoll client on the same schedule, the floor under any Python client):"
+            ),
             "",
-            "| | loadgen.c µs | yieldio load µs | yieldio ÷ loadgen.c | per-repeat ratios |",
-            "|---|--:|--:|--:|---|",
+            (
+                "| | loadgen.c µs | yieldio load µs | yieldio ÷ loadgen.c | per-repeat ratios | python_floor.py µs "
+                "| python_floor ÷ loadgen.c |"
+            ),
+            "|---|--:|--:|--:|---|--:|--:|",
         ]
         for p in PERCENTILES:
-            a, b = lo["latency_us"][p], yo["latency_us"][p]
+            a, b, c = lo["latency_us"][p], yo["latency_us"][p], fo["latency_us"][p]
             per = []
             for rep in sorted({r.repeat for r in runs}):
                 pair = [r for r in runs if r.mode == "open" and r.repeat == rep and r.ok]
                 x = next((r.latency_us.get(p) for r in pair if r.client == "loadgen"), None)
                 y = next((r.latency_us.get(p) for r in pair if r.client == "yieldio"), None)
                 per.append(fmt(ratio(y, x), 2))
-            lines.append(f"| {p} | {fmt(a, 1)} | {fmt(b, 1)} | {fmt(ratio(b, a), 2)} | {', '.join(per)} |")
+            lines.append(
+                f"| {p} | {fmt(a, 1)} | {fmt(b, 1)} | {fmt(ratio(b, a), 2)} | {', '.join(per)} "
+                f"| {fmt(c, 1)} | {fmt(ratio(c, a), 2)} |"
+            )
         lines += [
             "",
             "| | achieved requests/s | sent > 1 ms late | client CPU % | server CPU % | other load % |",
@@ -428,7 +453,12 @@ def report(runs: list[Run], summary: dict[str, Any], meta: dict[str, Any], args:
             *(
                 f"| {names[client]} | {fmt(row['rps'])} | {fmt(row['sent_late'])} | {fmt(row['client_cpu_pct'])} "
                 f"| {fmt(row['server_cpu_pct'])} | {fmt(row['other_cpu_pct'])} |"
-                for client, row in (("loadgen", lo), ("yieldio", yo))
+                for client, row in (
+                    ("loadgen", lo),
+                    ("yieldio", yo),
+                    ("python-floor", summary.get("python-floor open")),
+                )
+                if row is not None
             ),
         ]
     failed = [r for r in runs if not r.ok]
