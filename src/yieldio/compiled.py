@@ -17,6 +17,7 @@ into it). The pure loop runs then, and a :class:`StaleBuildWarning` says why and
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sysconfig
 import warnings
@@ -44,7 +45,7 @@ def _load() -> ModuleType | None:
     if os.environ.get("YIELDIO_PURE") == "1":
         return None
     try:
-        from . import _speedups  # a missing module raises ModuleNotFoundError, another failure ImportError
+        _speedups = importlib.import_module("._speedups", __package__)  # missing: ModuleNotFoundError, else ImportError
     except ImportError as error:
         found = _compiled_modules()
         if found or not isinstance(error, ModuleNotFoundError):
