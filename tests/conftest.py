@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from .harness import ProcessServers, ServerProcess, ThreadServers
+from .harness import ChildProcess, Netcat, ProcessServers, ServerProcess, ThreadServers
 
 # test_connect's fixture for an address that never answers: every test using it is about that address,
 # and tests nothing without it
@@ -103,3 +103,21 @@ def sock_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="yio-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def programs() -> Iterator[list[ChildProcess]]:
+    """Programs a test starts (append them); each killed by its PID at the end."""
+    started: list[ChildProcess] = []
+    yield started
+    for program in started:
+        program.kill()
+
+
+@pytest.fixture
+def netcats() -> Iterator[list[Netcat]]:
+    """``nc`` clients a test starts (append them); each closed at the end."""
+    started: list[Netcat] = []
+    yield started
+    for client in started:
+        client.close()

@@ -528,9 +528,10 @@ def read_until(fd: int, expected: bytes, timeout: float = 10.0) -> bytes:
     return bytes(received)
 
 
-def exchange(sock: socket.socket, payload: bytes, timeout: float = 30.0) -> bytes:
+def exchange(sock: socket.socket, payload: bytes, timeout: float = 30.0, read_size: int = MiB) -> bytes:
     """Send ``payload`` while reading the echo (no deadlock whatever its size), half-close after the last
-    byte, and return everything read until the server's EOF."""
+    byte, and return everything read until the server's EOF. A small ``read_size`` makes a slow reader:
+    the server's sends keep filling the connection and go out in part."""
     blocking_timeout = sock.gettimeout()
     sock.setblocking(False)
     view = memoryview(payload)
@@ -551,7 +552,7 @@ def exchange(sock: socket.socket, payload: bytes, timeout: float = 30.0) -> byte
                         sent += sock.send(view[sent : sent + 256 * 1024])
                 if events & selectors.EVENT_READ:
                     try:
-                        chunk = sock.recv(MiB)
+                        chunk = sock.recv(read_size)
                     except BlockingIOError:
                         continue
                     if not chunk:

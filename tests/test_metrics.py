@@ -16,11 +16,9 @@ before anything listens, in one line.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import re
-import selectors
 import socket
 import ssl
 import time
@@ -41,6 +39,7 @@ from .harness import (
     ProcessServers,
     ServerProcess,
     connect,
+    exchange,
     recv_exactly,
     refused_port,
     roundtrip,
@@ -201,36 +200,6 @@ def test_the_counters_are_the_traffic_sent(serve_process: ProcessServers, tls: t
     server.assert_healthy()
 
 
-def slow_exchange(sock: socket.socket, payload: bytes, read_size: int, timeout: float = 60.0) -> bytes:
-    """Send ``payload`` while reading the replies ``read_size`` bytes at a time (a slow reader: the server's
-    sends keep filling the connection and going out in part), half-close after the last byte; all read until EOF."""
-    sock.setblocking(False)
-    view = memoryview(payload)
-    received = bytearray()
-    sent = 0
-    end = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        while True:
-            if sent == len(view) and sel.get_key(sock).events & selectors.EVENT_WRITE:
-                sel.modify(sock, selectors.EVENT_READ)
-                sock.shutdown(socket.SHUT_WR)
-            left = end - time.monotonic()
-            assert left > 0, f"sent {sent}/{len(payload)}, received {len(received)}"
-            for _, events in sel.select(left):
-                if events & selectors.EVENT_WRITE and sent < len(view):
-                    with contextlib.suppress(BlockingIOError):
-                        sent += sock.send(view[sent : sent + 256 * 1024])
-                if events & selectors.EVENT_READ:
-                    try:
-                        chunk = sock.recv(read_size)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        return bytes(received)
-                    received += chunk
-
-
 @pytest.mark.parametrize("loop", ["pure", "default"])
 def test_byte_totals_are_exact_when_a_slow_reader_makes_the_sends_partial(
     serve_process: ProcessServers, loop: str
@@ -246,7 +215,7 @@ def test_byte_totals_are_exact_when_a_slow_reader_makes_the_sends_partial(
         port = client.getsockname()[1]
         stalled = send_until_stalled(client, payload)  # not reading: the server is stuck in a send
         assert stalled < len(payload), "the server never had to wait to send"
-        reply = slow_exchange(client, payload[stalled:], read_size=4096)
+        reply = exchange(client, payload[stalled:], timeout=60.0, read_size=4096)
     server.wait_log(b"connection closed 127.0.0.1:%d\n" % port)
     chunks = reply.split(PREFIX)
     assert chunks[0] == b"" and b"".join(chunks[1:]) == payload  # nothing lost, nothing repeated

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,23 +77,6 @@ def yieldio_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 
 def where(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
-
-
-@pytest.fixture
-def programs() -> Iterator[list[ChildProcess]]:
-    """Programs a test starts; each killed by its PID at the end."""
-    started: list[ChildProcess] = []
-    yield started
-    for program in started:
-        program.kill()
-
-
-@pytest.fixture
-def netcats() -> Iterator[list[Netcat]]:
-    started: list[Netcat] = []
-    yield started
-    for client in started:
-        client.close()
 
 
 def start_tutorial(programs: list[ChildProcess], **env: str) -> tuple[ChildProcess, tuple[str, int], int]:

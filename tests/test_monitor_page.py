@@ -102,22 +102,6 @@ def screenshots(
     return shoot
 
 
-@pytest.fixture
-def programs() -> Iterator[list[ChildProcess]]:
-    started: list[ChildProcess] = []
-    yield started
-    for program in started:
-        program.kill()
-
-
-@pytest.fixture
-def netcats() -> Iterator[list[Netcat]]:
-    started: list[Netcat] = []
-    yield started
-    for client in started:
-        client.close()
-
-
 def until(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
     """Wait (bounded) until ``condition`` holds on the page; what it returned."""
     return WebDriverWait(driver, WAIT, poll_frequency=0.05).until(condition, message=f"not on the page: {what}")
