@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -195,3 +196,88 @@ def test_yieldio_trace_env_traces_the_serve_command(serve_process: ProcessServer
         assert recv_exactly(client, 10) == b"GOT:traced"
     server.wait_log(re.compile(rb"wake\s+#\d+\s+echo_handler 127.0.0.1:\d+\s+poll: fd \d+ readable"))
     assert server.stop() == 0
+
+
+def test_every_view_words_every_trap_from_one_decoding() -> None:
+    # The tracer, the monitor (the trap as the tutorial writes it, and where it sends the task) and the
+    # trace file each word a trap their own way, from decode_trap's (op, target): every kind, pinned.
+    from yieldio.core.instrument import _describe_wait, decode_trap
+    from yieldio.observe.monitor import destination, trap_text
+    from yieldio.observe.tracefile import step_name
+
+    def idle() -> Any:
+        yield
+
+    other = Task(idle())
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        fd = ours.fileno()
+        cases = [
+            (
+                ("recv", ours),
+                ("recv", fd),
+                f"parked in the waiting area: read fd {fd}",
+                f"('recv', fd {fd})",
+                f"recv_wait[fd {fd}]",
+                f"recv fd {fd}",
+            ),
+            (
+                ("send", 7),
+                ("send", 7),
+                "parked in the waiting area: write fd 7",
+                "('send', fd 7)",
+                "send_wait[fd 7]",
+                "send fd 7",
+            ),
+            (("sleep", 0.5), ("sleep", 0.5), "sleeping 0.5s", "('sleep', 0.5)", "sleeping 0.5s", "sleep 0.5s"),
+            (
+                ("sleep", 0),
+                ("sleep", 0),
+                "back to the ready queue (sleep 0)",
+                "('sleep', 0)",
+                "tasks (the end of the queue)",
+                "sleep 0s",
+            ),
+            (
+                ("join", other),
+                ("join", other.id),
+                f"waiting for task {other.id}",
+                f"('join', task {other.id})",
+                f"joined on task {other.id}",
+                f"join #{other.id}",
+            ),
+            (
+                ("wait", other),
+                ("wait", other.id),
+                f"waiting for task {other.id}",
+                f"('wait', task {other.id})",
+                f"joined on task {other.id}",
+                f"wait #{other.id}",
+            ),
+            (
+                ("cancel", (other, None)),
+                ("cancel", other.id),
+                f"cancelling task {other.id}",
+                f"('cancel', task {other.id})",
+                f"joined on task {other.id}",
+                f"cancel #{other.id}",
+            ),
+            (("park", []), ("park", []), "parked", "('park', waiters)", "parked (a queue, lock or event)", "park"),
+            (
+                ("spawn", None),
+                ("spawn", None),
+                "trap spawn",
+                "('spawn', ...)",
+                "tasks (answered at once: it runs again next)",
+                "spawn",
+            ),
+            ("junk", None, "yielded 'junk'", "'junk'", "tasks (answered at once: it runs again next)", "yield 'junk'"),
+        ]
+        for trap, decoded, tracer, tutorial, where, step in cases:
+            assert decode_trap(trap) == decoded, trap
+            assert (_describe_wait(trap), trap_text(trap), destination(trap), step_name(trap)) == (
+                tracer,
+                tutorial,
+                where,
+                step,
+            ), trap

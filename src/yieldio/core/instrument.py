@@ -24,22 +24,41 @@ from .kernel import Cancelled, Kernel, Task
 trace_log = logging.getLogger("yieldio.trace")
 
 
-def _describe_wait(trap: Any) -> str:
+def decode_trap(trap: Any) -> tuple[str, Any] | None:
+    """``(op, target)`` of a well-formed trap, in the terms every view of the scheduler shows (the
+    tracer, the monitor, the trace file): the descriptor for ``recv``/``send`` (a number, or a socket's;
+    -1 once that socket is closed), the seconds for ``sleep``, the id of the task joined, waited for or
+    cancelled, and the argument itself for any other trap; None for anything else a task yielded."""
     if type(trap) is not tuple or len(trap) != 2:
-        return f"yielded {trap!r}"
+        return None
     op, arg = trap
     if op in ("recv", "send"):
-        fd = arg if isinstance(arg, int) else arg.fileno()
-        return f"parked in the waiting area: {'read' if op == 'recv' else 'write'} fd {fd}"
-    if op == "sleep":
-        return "back to the ready queue (sleep 0)" if arg <= 0 else f"sleeping {arg:g}s"
+        return op, arg if isinstance(arg, int) else int(arg.fileno())
     if op in ("join", "wait"):
-        return f"waiting for task {arg.id}"
+        return op, arg.id
     if op == "cancel":
-        return f"cancelling task {arg[0].id}"
-    if op == "park":
-        return "parked"
-    return f"trap {op}"
+        return op, arg[0].id
+    return op, arg
+
+
+_WAIT_TEXT = {
+    "recv": "parked in the waiting area: read fd {}",
+    "send": "parked in the waiting area: write fd {}",
+    "join": "waiting for task {}",
+    "wait": "waiting for task {}",
+    "cancel": "cancelling task {}",
+    "park": "parked",
+}
+
+
+def _describe_wait(trap: Any) -> str:
+    decoded = decode_trap(trap)
+    if decoded is None:
+        return f"yielded {trap!r}"
+    op, target = decoded
+    if op == "sleep":
+        return "back to the ready queue (sleep 0)" if target <= 0 else f"sleeping {target:g}s"
+    return _WAIT_TEXT.get(op, "trap {op}").format(target, op=op)
 
 
 class Tracer(Instrument):

@@ -57,8 +57,9 @@ from types import FrameType
 from typing import Any
 
 from ..core.hooks import Instrument
+from ..core.instrument import decode_trap
 from ..core.kernel import CountedTask, Kernel, Task, Timer
-from .tracefile import descriptor, peer_of
+from .tracefile import peer_of
 
 log = logging.getLogger("yieldio")
 
@@ -85,38 +86,44 @@ class Refused(Exception):
 # -- what a task is doing, in the tutorial's words ------------------------------------------
 
 
+_TRAP_TEXT = {
+    "recv": "('recv', fd {})",
+    "send": "('send', fd {})",
+    "sleep": "('sleep', {:g})",
+    "join": "('join', task {})",
+    "wait": "('wait', task {})",
+    "cancel": "('cancel', task {})",
+    "park": "('park', waiters)",
+}
+_DESTINATION = {
+    "recv": "recv_wait[fd {}]",
+    "send": "send_wait[fd {}]",
+    "join": "joined on task {}",
+    "wait": "joined on task {}",
+    "cancel": "joined on task {}",
+    "park": "parked (a queue, lock or event)",
+}
+_ANSWERED = "tasks (answered at once: it runs again next)"
+
+
 def trap_text(trap: Any) -> str:
     """What a task yielded, as the tutorial would write it: ``('recv', fd 9)``."""
-    if type(trap) is not tuple or len(trap) != 2:
+    decoded = decode_trap(trap)
+    if decoded is None:
         return f"{trap!r:.60}"
-    op, arg = trap
-    if op in ("recv", "send"):
-        return f"('{op}', fd {descriptor(arg)})"
-    if op == "sleep":
-        return f"('sleep', {arg:g})"
-    if op in ("join", "wait"):
-        return f"('{op}', task {arg.id})"
-    if op == "cancel":
-        return f"('cancel', task {arg[0].id})"
-    if op == "park":
-        return "('park', waiters)"
-    return f"('{op}', ...)"
+    op, target = decoded
+    return _TRAP_TEXT.get(op, "('{op}', ...)").format(target, op=op)
 
 
 def destination(trap: Any) -> str:
     """Where yielding ``trap`` sends a task: the waiting area, or back to the ready queue."""
-    op = trap[0] if type(trap) is tuple and len(trap) == 2 else None
-    if op in ("recv", "send"):
-        return f"{op}_wait[fd {descriptor(trap[1])}]"
+    decoded = decode_trap(trap)
+    if decoded is None:
+        return _ANSWERED
+    op, target = decoded
     if op == "sleep":
-        return "tasks (the end of the queue)" if trap[1] <= 0 else f"sleeping {trap[1]:g}s"
-    if op in ("join", "wait"):
-        return f"joined on task {trap[1].id}"
-    if op == "cancel":
-        return f"joined on task {trap[1][0].id}"
-    if op == "park":
-        return "parked (a queue, lock or event)"
-    return "tasks (answered at once: it runs again next)"
+        return "tasks (the end of the queue)" if target <= 0 else f"sleeping {target:g}s"
+    return _DESTINATION.get(op, _ANSWERED).format(target)
 
 
 def wall_clock(seconds: float) -> str:

@@ -43,31 +43,28 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from ..core.hooks import Instrument
-from ..core.instrument import ConnectionOwner
+from ..core.instrument import ConnectionOwner, decode_trap
 from ..core.kernel import Kernel, Task
 from ..core.runner import Extension
 from ..io.sockets import format_address
 
+_STEP_NAME = {
+    "recv": "recv fd {}",
+    "send": "send fd {}",
+    "sleep": "sleep {:g}s",
+    "join": "join #{}",
+    "wait": "wait #{}",
+    "cancel": "cancel #{}",
+}
+
 
 def step_name(trap: Any) -> str:
     """What a step ended in, in a few words: the slice's name."""
-    if type(trap) is not tuple or len(trap) != 2:
+    decoded = decode_trap(trap)
+    if decoded is None:
         return f"yield {trap!r:.30}"
-    op, arg = trap
-    if op in ("recv", "send"):
-        return f"{op} fd {descriptor(arg)}"
-    if op == "sleep":
-        return f"sleep {arg:g}s"
-    if op in ("join", "wait"):
-        return f"{op} #{arg.id}"
-    if op == "cancel":
-        return f"cancel #{arg[0].id}"
-    return str(op)
-
-
-def descriptor(arg: Any) -> int:
-    """The descriptor of a classic trap's argument (a number, or a socket that may since be closed)."""
-    return arg if isinstance(arg, int) else int(arg.fileno())
+    op, target = decoded
+    return _STEP_NAME.get(op, "{op}").format(target, op=op)
 
 
 def peer_of(task: Task) -> str | None:
