@@ -87,6 +87,23 @@ def yieldio_command(*args: str | bytes) -> list[str | bytes]:
     return [sys.executable, "-m", "yieldio", *args]
 
 
+def serve_refusal(*args: str, env: dict[str, str] | None = None) -> str:
+    """``yieldio serve --port 0 ARGS`` given bad input, by flag or by variable: it must refuse with exit
+    status 2, one line on stderr, no traceback and nothing on stdout. That line."""
+    done = subprocess.run(
+        yieldio_command("serve", "--port", "0", *args),
+        env=python_env() | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == "", done.stdout
+    return done.stderr
+
+
 def raise_nofile(wanted: int) -> int:
     """Raise this process's descriptor limit towards ``wanted`` (children inherit it); the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
