@@ -87,10 +87,9 @@ def yieldio_command(*args: str | bytes) -> list[str | bytes]:
     return [sys.executable, "-m", "yieldio", *args]
 
 
-def serve_refusal(*args: str, env: dict[str, str] | None = None) -> str:
-    """``yieldio serve --port 0 ARGS`` given bad input, by flag or by variable: it must refuse with exit
-    status 2, one line on stderr, no traceback and nothing on stdout. That line."""
-    done = subprocess.run(
+def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``yieldio serve --port 0 ARGS`` for a run that must end by itself (bad input): its status and output."""
+    return subprocess.run(
         yieldio_command("serve", "--port", "0", *args),
         env=python_env() | (env or {}),
         capture_output=True,
@@ -98,6 +97,12 @@ def serve_refusal(*args: str, env: dict[str, str] | None = None) -> str:
         timeout=20,
         check=False,
     )
+
+
+def serve_refusal(*args: str, env: dict[str, str] | None = None) -> str:
+    """``yieldio serve --port 0 ARGS`` given bad input, by flag or by variable: it must refuse with exit
+    status 2, one line on stderr, no traceback and nothing on stdout. That line."""
+    done = run_serve(*args, env=env)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stdout == "", done.stdout

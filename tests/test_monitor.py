@@ -41,6 +41,7 @@ from .harness import (
     python_env,
     recv_exactly,
     refused_port,
+    run_serve,
     yieldio_command,
 )
 from .test_cli import TUTORIAL_ON_A_FREE_PORT
@@ -423,14 +424,7 @@ def test_serve_monitor_port_alone_is_loopback_and_a_busy_port_is_one_line(serve_
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        done = subprocess.run(
-            yieldio_command("serve", "--port", "0", "--monitor", f"127.0.0.1:{busy}"),
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
+        done = run_serve("--monitor", f"127.0.0.1:{busy}")
     assert done.returncode == 1
     assert done.stderr == f"yieldio: monitor: cannot listen on 127.0.0.1:{busy}: Address already in use\n"
 

@@ -15,7 +15,6 @@ import itertools
 import json
 import re
 import signal
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 
 import yieldio
 
-from .harness import ProcessServers, connect, python_env, recv_exactly, yieldio_command
+from .harness import ProcessServers, connect, recv_exactly, run_serve
 
 PHASES = {"X", "i", "s", "f", "M"}
 
@@ -147,14 +146,7 @@ def test_serve_trace_file_names_connection_tracks_with_their_peers_and_arrows_fr
 
 
 def test_a_trace_file_that_cannot_be_written_is_one_line_before_anything_listens(tmp_path: Path) -> None:
-    done = subprocess.run(
-        yieldio_command("serve", "--port", "0", "--trace-file", str(tmp_path / "missing" / "t.json")),
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    done = run_serve("--trace-file", str(tmp_path / "missing" / "t.json"))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"yieldio: cannot write the trace file {tmp_path / 'missing' / 't.json'}: No such file or directory"
