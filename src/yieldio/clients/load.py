@@ -120,14 +120,14 @@ class Tally:
         "lost",
         "measuring",
         "reordered",
-        "requests",
         "sent",
         "sizes",
+        "taken",
     )
 
     def __init__(self) -> None:
         self.measuring = False
-        self.requests = 0  # echoes back, checked and counted
+        self.taken = 0  # latencies handed out by take_latencies() so far
         self.sent = 0  # datagrams sent while measuring, lost or not (a stream's requests are its sends)
         self.sizes = (0, 0)  # (message, echo) in bytes: the byte counts follow from the request counts
         self.latencies = array("q")  # microseconds, since the last take_latencies()
@@ -142,6 +142,11 @@ class Tally:
         self.connections_lost = 0
 
     @property
+    def requests(self) -> int:
+        """Echoes back, checked and counted: one latency each, so the count follows from them."""
+        return self.taken + len(self.latencies)
+
+    @property
     def bytes_out(self) -> int:
         return (self.sent or self.requests) * self.sizes[0]
 
@@ -154,6 +159,7 @@ class Tally:
         connections keep a reference to it."""
         taken = array("q", self.latencies)
         del self.latencies[:]
+        self.taken += len(taken)
         return taken
 
     def fault(self, kind: str, detail: str) -> None:
@@ -387,7 +393,7 @@ def _stream_requests(
 
     Dense on purpose: this loop is what limits the load one process can send, so what it touches
     per request is a local, a message is a slice of the random pool made here rather than by a
-    call, and the tally keeps one counter per request (the byte counts follow from it).
+    call, and the tally keeps one latency per request (the counts follow from them).
     """
     plan, tally, messages = load.plan, load.tally, load.messages
     prefix, churn, size = plan.prefix, plan.churn, plan.size
@@ -454,7 +460,6 @@ def _stream_requests(
                 ended = clock()
             done += 1
             if tally.measuring:
-                tally.requests += 1
                 latencies.append(int((ended - began) * 1e6))
             message, following = following, None
             if message is None:
@@ -624,7 +629,6 @@ class _DatagramFlow:
                 tally.reordered += 1
             self.highest = max(self.highest, number)
             if tally.measuring:
-                tally.requests += 1
                 tally.latencies.append(int((ended - timing[0]) * 1e6))
             self._free_slot()
 
