@@ -3,3 +3,6 @@
 SOURCE_SHA256: str  # the SHA-256 of the _speedups.c it was compiled from
 
 def echo_step(fd: int, buffer: memoryview, head: int, /) -> int | tuple[int, int] | None: ...
+def request_step(
+    fd: int, buffer: bytearray | memoryview, prefix: bytes, message: bytes, following: bytes | None, /
+) -> float | tuple[float, int] | bytes | None: ...

@@ -26,7 +26,9 @@ from pathlib import Path
 from types import ModuleType
 
 EchoStep = Callable[[int, memoryview, int], int | tuple[int, int] | None]
-RequestStep = Callable[[int, bytearray, bytes, bytes, bytes | None], float | tuple[float, int] | bytes | None]
+RequestStep = Callable[
+    [int, bytearray | memoryview, bytes, bytes, bytes | None], float | tuple[float, int] | bytes | None
+]
 
 HERE = Path(__file__).resolve().parent
 REBUILD = "Rebuild it with this Python: `pip install -e .` in the source tree (./test.sh does), or reinstall yieldio"

@@ -45,6 +45,7 @@ from ..compiled import request_step as compiled_request_step
 from ..core import traps
 from ..core.kernel import Kernel, Task, current_kernel
 from ..core.scopes import TaskGroup
+from ..io.buffers import receive_buffer
 from ..io.sockets import AddressInfo, Socket, connect_staggered, error_reason, run_in_thread
 from ..io.unix import open_unix_connection
 from ..io.urls import ListenURL
@@ -179,7 +180,7 @@ class Load:
         )
         # the compiled step reads every echo here (one at a time: the kernel runs one task at a time),
         # with room for a byte more than the echo, to tell a long echo from an exact one
-        self.receive_buffer = bytearray(max(RECV_SIZE, len(plan.prefix) + plan.size + 1))
+        self.receive_buffer = receive_buffer(max(RECV_SIZE, len(plan.prefix) + plan.size + 1))
         tally.sizes = (plan.size, len(plan.prefix) + plan.size)
         self.remaining = plan.requests  # requests not yet started (None: no limit)
         self.addresses: list[AddressInfo] = []
@@ -487,7 +488,7 @@ def _pure_request_step(sock: socket.socket) -> RequestStep:
     ``request_step`` in ``_speedups.c`` does (see there), through the socket's own methods."""
     recv, send, clock = sock.recv, sock.send, time.perf_counter
 
-    def step(_: int, __: bytearray, prefix: bytes, message: bytes, following: bytes | None) -> Any:
+    def step(_: int, __: bytearray | memoryview, prefix: bytes, message: bytes, following: bytes | None) -> Any:
         try:
             data = recv(RECV_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # TLS: half a record so far

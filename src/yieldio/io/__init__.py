@@ -6,5 +6,6 @@
 - :mod:`.streams`: ``Stream``, buffered reads and writes; ``StreamBuffer``, its parser without I/O.
 - :mod:`.unix`: ``open_unix_connection``, ``format_unix_address``.
 - :mod:`.udp`: ``udp_bind`` (``Socket.recvfrom`` raises ``DatagramTooLarge`` rather than cut a datagram).
+- :mod:`.buffers`: ``receive_buffer``, a buffer for large reads placed where the kernel copies into it at full speed.
 - :mod:`.urls`: ``tcp://``, ``tls://``, ``udp://``, ``unix:`` URLs, parsed without I/O: where to listen or connect.
 """

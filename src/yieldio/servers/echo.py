@@ -50,14 +50,18 @@ from ..compiled import echo_step as compiled_echo_step
 from ..core import traps
 from ..core.kernel import Cancelled
 from ..core.scopes import TaskTimeout, timeout_after
+from ..io.buffers import receive_buffer
 from ..io.sockets import Socket, tls_records
 from .faults import Injector, Pace
 
 DEFAULT_PREFIX = b"GOT:"
 DEFAULT_MAX_LINE = 64 * 1024
-# One shared buffer per thread, so a large read costs no allocation. 64 KiB, as libuv and the C server
-# in benchmarks/ read: a read that size stays in the processor's cache, and the rest of a reply that
-# the socket did not take (copied out before waiting) stays below malloc's mmap threshold.
+# The plain and TLS echoes read into one shared buffer per thread (_scratch_buffer), so a large read
+# costs no allocation; READ_SIZE is its size, a quarter megabyte as uvloop reads: a large message
+# takes fewer system calls, and the buffer is placed so that the kernel's copy runs at full speed
+# (yieldio.io.buffers). Where a read makes bytes of its own (socket.recv), it asks for RECV_SIZE at
+# most: above malloc's mmap threshold every call would map and unmap fresh pages.
+READ_SIZE = 256 * 1024
 RECV_SIZE = 64 * 1024
 DRAIN_SECONDS = 3.0  # how long a cancelled connection may take to flush what it had received
 Framing = Literal["chunk", "line"]
@@ -148,14 +152,14 @@ def _scratch_buffer(prefix: bytes) -> tuple[memoryview, memoryview]:
 
     Sharing is safe because a connection never yields while the buffer holds
     bytes it still has to send (it copies them out first), and it spares
-    each connection a 64 KiB allocation per read. The buffers are kept for
+    each connection an allocation per read. The buffers are kept for
     good, one per prefix: a prefix is the server's or a listener's (a
     handful), never a connection's own (``prefix_per_connection``), which
     would add one for every client.
     """
     buffers: dict[bytes, tuple[memoryview, memoryview]] = _scratch.__dict__.setdefault("buffers", {})
     if prefix not in buffers:
-        whole = memoryview(bytearray(prefix) + bytearray(RECV_SIZE))
+        whole = receive_buffer(READ_SIZE, prefix)
         buffers[prefix] = (whole, whole[len(prefix) :])
     return buffers[prefix]
 
@@ -361,7 +365,7 @@ def _echo_tls(client: Socket, framer: Framer | None, prefix: bytes) -> Generator
             if not records.pending():
                 yield readable
             try:
-                received = records.read(RECV_SIZE, into)
+                received = records.read(READ_SIZE, into)
             except ssl.SSLWantReadError:
                 continue
             except ssl.SSLWantWriteError:
