@@ -5,19 +5,19 @@ what it sends through another; on x86 processors that announce fast short
 ``rep movsb`` (FSRM), Linux copies with that instruction. On AMD's Zen cores it
 slows down sharply when destination and source lie at nearly the same offset
 within their 4 KiB pages, the same offset included (glibc bug 30994, where
-memcpy stopped using it for that reason; the kernel's copy still does). The
-kernel keeps a socket's data in pages, from their start. And an ordinary
-``bytearray`` large enough for a big read is the worst case: glibc's malloc
-maps anything of 128 KiB or more on its own, and hands it out 16 bytes past a
-page boundary, so every page of a read is copied at the slow rate. A smaller
-one lands wherever the heap happens to be, which makes its speed a matter of
-chance from one process to the next.
+memcpy stopped using it for that reason; the kernel's copy still does). An
+ordinary ``bytearray`` large enough for a big read lands in the worst place:
+glibc's malloc maps anything of 128 KiB or more on its own and hands it out
+16 bytes past a page boundary. A smaller one lands wherever the heap happens
+to be, which makes the speed of every large read a matter of chance from one
+process to the next.
 
 So :func:`receive_buffer` maps its own memory and starts the payload half a
-page past a boundary: as far as can be, in both directions, from where the
-kernel's pages begin. The pages are mapped lazily, so a buffer costs memory
-only for what reads have filled. Elsewhere the placement is harmless: half a
-page is as good as any offset to a processor without the fault.
+page past a boundary, the offset that measured best (benchmarks/README.md
+says how much, and against which others). The pages are mapped lazily, so a
+buffer costs memory only for what reads have filled. Elsewhere the placement
+is harmless: half a page is as good as any offset to a processor without the
+fault.
 """
 
 from __future__ import annotations

@@ -57,11 +57,12 @@ from .faults import Injector, Pace
 DEFAULT_PREFIX = b"GOT:"
 DEFAULT_MAX_LINE = 64 * 1024
 # The plain and TLS echoes read into one shared buffer per thread (_scratch_buffer), so a large read
-# costs no allocation; READ_SIZE is its size, a quarter megabyte as uvloop reads: a large message
-# takes fewer system calls, and the buffer is placed so that the kernel's copy runs at full speed
-# (yieldio.io.buffers). Where a read makes bytes of its own (socket.recv), it asks for RECV_SIZE at
-# most: above malloc's mmap threshold every call would map and unmap fresh pages.
-READ_SIZE = 256 * 1024
+# costs no allocation. READ_SIZE is its size: half a megabyte, so that a large message takes few
+# system calls (measured best of 256 KiB to 1 MiB, see benchmarks/README.md), in a buffer placed so
+# that the kernel's copy runs at full speed (yieldio.io.buffers); its pages are mapped as reads first
+# reach them. Where a read makes bytes of its own (socket.recv), it asks for RECV_SIZE at most:
+# above malloc's mmap threshold every call would map and unmap fresh pages.
+READ_SIZE = 512 * 1024
 RECV_SIZE = 64 * 1024
 DRAIN_SECONDS = 3.0  # how long a cancelled connection may take to flush what it had received
 Framing = Literal["chunk", "line"]
