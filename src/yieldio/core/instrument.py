@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol, TextIO, runtime_checkable
 
 from .hooks import Instrument
@@ -41,6 +42,20 @@ def decode_trap(trap: Any) -> tuple[str, Any] | None:
     return op, arg
 
 
+def word_trap(trap: Any, wordings: Mapping[str, str], other: str, undecodable: str) -> str:
+    """A trap in one view's words: ``wordings[op]`` with the target in its ``{}``. A ``sleep`` of
+    no time (back to the ready queue, not a wait) takes the ``"sleep 0"`` wording if there is one;
+    an op without a wording takes ``other`` (``{op}`` names it); anything :func:`decode_trap`
+    refuses takes ``undecodable`` (``{trap}`` is it)."""
+    decoded = decode_trap(trap)
+    if decoded is None:
+        return undecodable.format(trap=trap)
+    op, target = decoded
+    if op == "sleep" and target <= 0:
+        op = "sleep 0" if "sleep 0" in wordings else op
+    return wordings.get(op, other).format(target, op=op)
+
+
 _WAIT_TEXT = {
     "recv": "parked in the waiting area: read fd {}",
     "send": "parked in the waiting area: write fd {}",
@@ -48,17 +63,13 @@ _WAIT_TEXT = {
     "wait": "waiting for task {}",
     "cancel": "cancelling task {}",
     "park": "parked",
+    "sleep": "sleeping {:g}s",
+    "sleep 0": "back to the ready queue (sleep 0)",
 }
 
 
 def _describe_wait(trap: Any) -> str:
-    decoded = decode_trap(trap)
-    if decoded is None:
-        return f"yielded {trap!r}"
-    op, target = decoded
-    if op == "sleep":
-        return "back to the ready queue (sleep 0)" if target <= 0 else f"sleeping {target:g}s"
-    return _WAIT_TEXT.get(op, "trap {op}").format(target, op=op)
+    return word_trap(trap, _WAIT_TEXT, "trap {op}", "yielded {trap!r}")
 
 
 class Tracer(Instrument):

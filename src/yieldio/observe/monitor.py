@@ -57,7 +57,7 @@ from types import FrameType
 from typing import Any
 
 from ..core.hooks import Instrument
-from ..core.instrument import decode_trap
+from ..core.instrument import word_trap
 from ..core.kernel import CountedTask, Kernel, Task, Timer
 from .tracefile import peer_of
 
@@ -102,28 +102,20 @@ _DESTINATION = {
     "wait": "joined on task {}",
     "cancel": "joined on task {}",
     "park": "parked (a queue, lock or event)",
+    "sleep": "sleeping {:g}s",
+    "sleep 0": "tasks (the end of the queue)",
 }
 _ANSWERED = "tasks (answered at once: it runs again next)"
 
 
 def trap_text(trap: Any) -> str:
     """What a task yielded, as the tutorial would write it: ``('recv', fd 9)``."""
-    decoded = decode_trap(trap)
-    if decoded is None:
-        return f"{trap!r:.60}"
-    op, target = decoded
-    return _TRAP_TEXT.get(op, "('{op}', ...)").format(target, op=op)
+    return word_trap(trap, _TRAP_TEXT, "('{op}', ...)", "{trap!r:.60}")
 
 
 def destination(trap: Any) -> str:
     """Where yielding ``trap`` sends a task: the waiting area, or back to the ready queue."""
-    decoded = decode_trap(trap)
-    if decoded is None:
-        return _ANSWERED
-    op, target = decoded
-    if op == "sleep":
-        return "tasks (the end of the queue)" if target <= 0 else f"sleeping {target:g}s"
-    return _DESTINATION.get(op, _ANSWERED).format(target)
+    return word_trap(trap, _DESTINATION, _ANSWERED, _ANSWERED)
 
 
 def wall_clock(seconds: float) -> str:

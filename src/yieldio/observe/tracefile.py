@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from ..core.hooks import Instrument
-from ..core.instrument import ConnectionOwner, decode_trap
+from ..core.instrument import ConnectionOwner, word_trap
 from ..core.kernel import Kernel, Task
 from ..core.runner import Extension
 from ..io.sockets import format_address
@@ -60,11 +60,7 @@ _STEP_NAME = {
 
 def step_name(trap: Any) -> str:
     """What a step ended in, in a few words: the slice's name."""
-    decoded = decode_trap(trap)
-    if decoded is None:
-        return f"yield {trap!r:.30}"
-    op, target = decoded
-    return _STEP_NAME.get(op, "{op}").format(target, op=op)
+    return word_trap(trap, _STEP_NAME, "{op}", "yield {trap!r:.30}")
 
 
 def peer_of(task: Task) -> str | None:
