@@ -175,9 +175,23 @@ def test_the_parent_holds_the_port_while_no_worker_does(serve_process: ProcessSe
 def test_a_second_sigterm_while_the_workers_drain_ends_with_status_0(serve_process: ProcessServers) -> None:
     server = serve_process("--workers", "2")
     workers_of(server, 2)
-    owed = connect(server.address)  # sent, never reads, never closes: each drain waits for it
+    # A client that sends and never reads: its worker's drain owes it echoes it cannot send, and waits
+    # (DRAIN_SECONDS). A single short line was not enough: echoed before the SIGTERM came, it left
+    # nothing owed, and both workers could exit before the second SIGTERM was sent.
+    owed = socket.socket()
+    owed.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    owed.connect(server.address)
     owed.sendall(b"unread\n")
     server.wait_log(b"connection from 127.0.0.1:%d" % owed.getsockname()[1])
+    owed.setblocking(False)
+    chunk = b"x" * 65536
+    for _ in range(10_000):  # until the kernel takes no more: the server's echoes back up to here
+        try:
+            owed.send(chunk)
+        except BlockingIOError:
+            break
+    else:
+        pytest.fail("the server kept reading what it could not echo")
     server.proc.send_signal(signal.SIGTERM)
     server.wait_log(b"SIGTERM received: stopping 2 workers")
     server.proc.send_signal(signal.SIGTERM)
