@@ -433,6 +433,25 @@ def test_classic_recv_send_traps_with_socket_objects_and_ints() -> None:
     assert got == [b"one", b"two"]
 
 
+def test_a_readiness_wake_resumes_with_none_even_after_a_trap_that_answered() -> None:
+    # the tutorial's ``yield 'recv', sock`` gives None; the answer to an earlier trap (here the task
+    # itself, from current_task) is not sent again (a task delegating to an iterator relies on it)
+    left, right = socket.socketpair()
+    woken_with: list[object] = []
+
+    def reader(sock: socket.socket) -> Generator[Any, Any, None]:
+        me = yield from yieldio.traps.current_task()
+        assert me is not None
+        woken_with.append((yield "recv", sock))
+        woken_with.append((yield "send", sock))
+
+    right.send(b"x")
+    yieldio.run(reader(left))
+    left.close()
+    right.close()
+    assert woken_with == [None, None]
+
+
 def test_two_readers_on_one_socket_is_an_error_for_the_second() -> None:
     left, right = socket.socketpair()
 

@@ -43,7 +43,7 @@ import trustme
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped,unused-ignore]
 from hdrh.log import HistogramLogReader  # type: ignore[import-untyped,unused-ignore]
 
-from yieldio.compiled import request_step as compiled_request_step
+from yieldio.compiled import RequestChain as CompiledRequestChain
 
 from .harness import (
     SRC,
@@ -230,11 +230,11 @@ def test_exact_counts_on_every_transport(
 def test_the_pure_and_the_compiled_client_loops_count_alike(
     serve_process: ProcessServers, pure: str, extra: list[str]
 ) -> None:
-    # -n tickets are taken before each echo is read when the compiled step sends the next request
-    # with it: the totals must still be exact, with churn (a connection's last request sends nothing
-    # after it) and in open loop (where nothing is sent by the step)
-    if pure == "0" and compiled_request_step is None:
-        pytest.skip("the compiled step is not in use (a pure build, or YIELDIO_PURE=1)")
+    # the chain takes a -n ticket for each request it sends itself, and gives it back when the send
+    # fails: the totals must still be exact, with churn (a connection's last request is not followed)
+    # and in open loop (where the chain sends nothing)
+    if pure == "0" and CompiledRequestChain is None:
+        pytest.skip("the compiled chain is not in use (a pure build, or YIELDIO_PURE=1)")
     _, url = serve(serve_process, "tcp://127.0.0.1:0")
     load = run_load(url, "-n", "999", "-c", "10", "--verbose", *extra, env={**os.environ, "YIELDIO_PURE": pure})
     assert_clean(load, 999)

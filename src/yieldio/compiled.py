@@ -2,9 +2,10 @@
 
 The compiled module (:mod:`yieldio._speedups`, built from ``_speedups.c`` at install time when
 a C compiler is there; ``YIELDIO_NO_EXTENSIONS=1`` at install time builds without it) has two
-steps: the plain echo's per-message receive and send (``echo_step``), and the load client's
-check of one echo with the send of its next request (``request_step``), each one C call. The
-pure-Python loops are the reference: both make the same system calls and behave the same.
+parts: the plain echo's per-message receive and send (``echo_step``, one C call), and the load
+client's loop over one connection while its echoes come back exact (``RequestChain``, an
+iterator a task delegates to). The pure-Python loops are the reference: both make the same
+system calls and behave the same.
 ``YIELDIO_PURE=1`` in the environment chooses the pure loops at run time.
 
 A module that is there but is not the build of this Python and this source is never used
@@ -24,11 +25,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import _speedups
 
 EchoStep = Callable[[int, memoryview, int], int | tuple[int, int] | None]
-RequestStep = Callable[
-    [int, bytearray | memoryview, bytes, bytes, bytes | None], float | tuple[float, int] | bytes | None
-]
 
 HERE = Path(__file__).resolve().parent
 REBUILD = "Rebuild it with this Python: `pip install -e .` in the source tree (./test.sh does), or reinstall yieldio"
@@ -76,6 +78,6 @@ def _load() -> ModuleType | None:
 
 _module = _load()
 echo_step: EchoStep | None = None if _module is None else _module.echo_step
-request_step: RequestStep | None = None if _module is None else _module.request_step
+RequestChain: type[_speedups.RequestChain] | None = None if _module is None else _module.RequestChain
 
 ECHO_LOOP = "pure" if echo_step is None else "compiled"

@@ -36,12 +36,11 @@ import time
 import types
 from array import array
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
-from ..compiled import RequestStep
-from ..compiled import request_step as compiled_request_step
+from ..compiled import RequestChain as CompiledRequestChain
 from ..core import traps
 from ..core.kernel import Kernel, Task, current_kernel
 from ..core.scopes import TaskGroup
@@ -59,16 +58,32 @@ EXAMPLES_KEPT = 5  # the first few faults are described, the rest only counted
 DOCUMENTATION_SOURCE = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}  # RFC 5737, RFC 3849
 
 
-def _request_step(client: Socket) -> RequestStep:
-    if compiled_request_step is None or isinstance(client.socket, ssl.SSLSocket):
-        return _pure_request_step(client.socket)
-    return compiled_request_step
+class RequestChain(Protocol):
+    """One connection's requests while their echoes come back exact: an iterator a task delegates
+    to (``yield from chain``), which yields only its wait to read. ``RequestChain`` in
+    ``_speedups.c`` says what it does and where it stops; :class:`_PureRequestChain` is the same
+    in Python."""
+
+    number: int  # the request on the wire
+    began: float  # when its latency began
+    left: int  # requests it may still send itself (-1: no limit)
+    done: int  # exact echoes read
+    sent: int  # after a stop: how much of a next request went out, in part (-1: none)
+    reply: bytes | None  # after a stop: a read that was not the exact echo
+
+    def __iter__(self) -> Iterator[tuple[str, int]]: ...
+
+
+def _request_chain(load: Load, client: Socket, index: int) -> RequestChain:
+    if CompiledRequestChain is None or client.is_tls:
+        return _PureRequestChain(client.socket, client.readable, load, index)
+    return CompiledRequestChain(client.fileno(), client.readable, load, index)
 
 
 def client_loop(plan: LoadPlan) -> Literal["compiled", "pure"]:
-    """Which per-request loop a plan's connections run: the compiled step serves plain streams only."""
+    """Which per-request loop a plan's connections run: the compiled chain serves plain streams only."""
     plain_stream = plan.target.kind in ("tcp", "unix") and plan.ssl is None
-    return "compiled" if plain_stream and compiled_request_step is not None else "pure"
+    return "compiled" if plain_stream and CompiledRequestChain is not None else "pure"
 
 
 class LoadError(Exception):
@@ -294,6 +309,11 @@ class Load:
         self.remaining -= 1
         return True
 
+    def _give_ticket(self) -> None:
+        """A request that did not go out after all."""
+        if self.remaining is not None:
+            self.remaining += 1
+
     def _sweep_every(self) -> float:
         return min(max(self.plan.timeout / 4, 0.005), 0.25)
 
@@ -335,7 +355,8 @@ class Load:
                         tally.connections_lost += 1
                         return
                 try:
-                    done = await _stream_requests(self, sock, index, sent, schedule, _request_step(sock))
+                    chain = _request_chain(self, sock, index)
+                    done = await _stream_requests(self, sock, index, sent, schedule, chain)
                     sent += done
                     if self.remaining is not None and self.remaining <= 0:
                         return
@@ -379,132 +400,122 @@ class _ConnectionFault(Exception):
 
 @types.coroutine
 def _stream_requests(
-    load: Load, client: Socket, index: int, sent: int, schedule: Callable[[int], float] | None, step: RequestStep
+    load: Load, client: Socket, index: int, sent: int, schedule: Callable[[int], float] | None, chain: RequestChain
 ) -> Generator[Any, Any, int]:
     """Requests over one connection until churn ends it (returns how many), the tickets run out, or a
     fault (:class:`_ConnectionFault`).
 
-    Each echo is read, checked and timed by ``step``, which also sends the connection's next
-    request the moment the echo matched: the compiled step (:mod:`yieldio._speedups`) on a plain
-    socket, else :func:`_pure_request_step`, the reference. So in closed loop the next request is
-    chosen (its ticket taken) before the echo of the one on the wire is read, and the time the step
-    returns ends one latency and begins the next. Open loop, a first request, or one after an echo
-    that needed the byte-by-byte check go out here. A next request that was not sent after all
-    gives its ticket and its number back.
-
-    Dense on purpose: this loop is what limits the load one process can send, so what it touches
-    per request is a local, a message is a slice of the random pool made here rather than by a
-    call, and the tally keeps one latency per request (the counts follow from them).
+    A request goes out here, the plain way: the first, every one in open loop (at its intended
+    time), and the one after an echo that needed the byte-by-byte check. Then ``chain`` takes
+    over: it reads the echo, checks and times it, and in closed loop sends the next request
+    itself the moment the echo matched, and so on while they match, yielding only its wait to
+    read. This loop sees the connection again only where the chain stops: an echo that was not
+    exact in one read, a next request that went out in part, churn's or the tickets' end.
     """
     plan, tally, messages = load.plan, load.tally, load.messages
-    prefix, churn, size = plan.prefix, plan.churn, plan.size
-    pool, step_size, span = messages.slicing()
-    stride = plan.connections
-    number = index + sent * stride
+    churn, stride = plan.churn, plan.connections
+    number = index + sent * stride  # the next request's
     sock = client.socket
-    fd = sock.fileno()
     readable = client.readable
-    buffer = load.receive_buffer
     inflight = load.inflight
-    clock = time.perf_counter
-    latencies = tally.latencies
-    chained = schedule is None
-    done = 0
-    began = 0.0
-    message: bytes | None = None  # the request on the wire
-    following: bytes | None = None  # the next one, sent by the step when this echo matches
+    done = 0  # echoes back on this connection, the chain's counted as it stops
+    chain.done = 0
     try:
         while True:
-            if message is None or (chained and not (churn and (done + 1) % churn == 0)):
-                remaining = load.remaining
-                if remaining is None or remaining > 0:
-                    if remaining is not None:
-                        load.remaining = remaining - 1
-                    if pool is None:
-                        following = messages[number]
-                    else:
-                        start = number * step_size % span
-                        following = pool[start : start + size]
-                    number += stride
-            if message is None:  # nothing on the wire: send the plain way
-                if following is None:
-                    return done
-                message, following = following, None
-                if schedule is None:
-                    began = now = clock()
-                else:
-                    began, now = yield from _turn(tally, schedule(sent + done))
-                inflight[index] = now
-                try:
-                    n = sock.send(message)
-                except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                    n = 0  # (a TLS send takes all or nothing, and is then repeated whole)
-                if n < len(message):
-                    yield from client.send_rest(memoryview(message)[n:])
-                continue
-            yield readable
-            result = step(fd, buffer, prefix, message, following)
-            while result is None:
+            if not load._take_ticket():
+                return done
+            message = messages[number]
+            if schedule is None:
+                began = now = time.perf_counter()
+            else:
+                began, now = yield from _turn(tally, schedule(sent + done))
+            inflight[index] = now
+            try:
+                n = sock.send(message)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                n = 0  # (a TLS send takes all or nothing, and is then repeated whole)
+            if n < len(message):
+                yield from client.send_rest(memoryview(message)[n:])
+            chain.number, chain.began = number, began
+            chain.left = 0 if schedule is not None else churn - 1 - done % churn if churn else -1
+            while True:
                 yield readable
-                result = step(fd, buffer, prefix, message, following)
-            if type(result) is float:
-                ended = result
-            elif type(result) is tuple:
-                ended = result[0]
-            else:  # not the exact echo in one read: the next request was not sent
-                if following is not None:
-                    following = None
-                    number -= stride
-                    if load.remaining is not None:
-                        load.remaining += 1
-                yield from _slow_echo(client, message, prefix, cast(bytes, result), sent + done)
-                ended = clock()
-            done += 1
-            if tally.measuring:
-                latencies.append(int((ended - began) * 1e6))
-            message, following = following, None
-            if message is None:
-                inflight[index] = 0.0
-                if churn and done % churn == 0:
-                    return done
-                continue
-            began = ended
-            inflight[index] = ended
-            if type(result) is tuple:  # the next request went out in part
-                yield from client.send_rest(memoryview(message)[result[1] :])
+                yield from chain
+                done, chain.done = done + chain.done, 0
+                if chain.sent >= 0:  # its next request went out in part
+                    rest, chain.sent = memoryview(messages[chain.number])[chain.sent :], -1
+                    yield from client.send_rest(rest)
+                    continue
+                if chain.reply is not None:  # not the exact echo in one read
+                    data, chain.reply = chain.reply, None
+                    yield from _slow_echo(client, messages[chain.number], plan.prefix, data, sent + done)
+                    done += 1
+                    if tally.measuring:
+                        tally.latencies.append(int((time.perf_counter() - chain.began) * 1e6))
+                break
+            inflight[index] = 0.0
+            number = chain.number + stride
+            if churn and done % churn == 0:
+                return done
     except RequestTimedOut:
-        raise _ConnectionFault("timeout", f"no echo within {plan.timeout:g}s", done) from None
+        raise _ConnectionFault("timeout", f"no echo within {plan.timeout:g}s", done + chain.done) from None
     except ssl.SSLError as error:
-        raise _ConnectionFault("tls", error_reason(error), done) from None
+        raise _ConnectionFault("tls", error_reason(error), done + chain.done) from None
     except ConnectionError as error:
-        raise _ConnectionFault("reset", error_reason(error), done) from None
-    finally:
-        if following is not None and load.remaining is not None:
-            load.remaining += 1  # chosen but never sent
+        raise _ConnectionFault("reset", error_reason(error), done + chain.done) from None
 
 
-def _pure_request_step(sock: socket.socket) -> RequestStep:
-    """The request step in Python, for a TLS socket or a build without the compiled one: what
-    ``request_step`` in ``_speedups.c`` does (see there), through the socket's own methods."""
-    recv, send, clock = sock.recv, sock.send, time.perf_counter
+class _PureRequestChain:
+    """``RequestChain`` in ``_speedups.c`` (see there) in Python, through the socket's own methods:
+    the reference, and the chain over TLS and in a build without the compiled one."""
 
-    def step(_: int, __: bytearray | memoryview, prefix: bytes, message: bytes, following: bytes | None) -> Any:
-        try:
-            data = recv(RECV_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # TLS: half a record so far
-            return None
-        if data != prefix + message:
-            return data
-        matched = clock()
-        if following is None:
-            return matched
-        try:
-            n = send(following)
-        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            n = 0
-        return matched if n == len(following) else (matched, n)
+    def __init__(self, sock: socket.socket, trap: tuple[str, int], load: Load, index: int) -> None:
+        self._sock, self._trap, self._load, self._index = sock, trap, load, index
+        self.number = 0
+        self.began = 0.0
+        self.left = -1
+        self.done = 0
+        self.sent = -1
+        self.reply: bytes | None = None
 
-    return step
+    def __iter__(self) -> Generator[tuple[str, int], None, None]:
+        load, trap = self._load, self._trap
+        tally, messages, inflight = load.tally, load.messages, load.inflight
+        recv, send, clock = self._sock.recv, self._sock.send, time.perf_counter
+        prefix, stride = load.plan.prefix, load.plan.connections
+        while True:
+            try:
+                data = recv(RECV_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # TLS: half a record so far
+                yield trap
+                continue
+            if data != prefix + messages[self.number]:
+                self.reply = data
+                return
+            now = clock()
+            self.done += 1
+            if tally.measuring:
+                tally.latencies.append(int((now - self.began) * 1e6))
+            if self.left == 0 or not load._take_ticket():
+                return
+            self.number += stride
+            following = messages[self.number]
+            try:
+                n = send(following)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                n = 0
+            except BaseException:
+                self.number -= stride
+                load._give_ticket()
+                raise
+            self.began = now
+            if self.left > 0:
+                self.left -= 1
+            inflight[self._index] = now
+            if n < len(following):
+                self.sent = n
+                return
+            yield trap
 
 
 @types.coroutine

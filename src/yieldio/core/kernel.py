@@ -551,6 +551,7 @@ class Kernel:
                         if arg in readers:
                             raise RuntimeError(f"fd {arg} already has a task waiting to read: {readers[arg]!r}")
                         readers[arg] = task
+                        task._next = None  # a readiness wake sends None (not what an earlier trap answered)
                         if not masks.get(arg, 0) & IN:
                             self._add_interest(arg, IN)
                     elif op == "send":
@@ -559,6 +560,7 @@ class Kernel:
                         if arg in writers:
                             raise RuntimeError(f"fd {arg} already has a task waiting to write: {writers[arg]!r}")
                         writers[arg] = task
+                        task._next = None
                         if not masks.get(arg, 0) & OUT:
                             self._add_interest(arg, OUT)
                     elif traps_[op](task, arg):
