@@ -76,18 +76,17 @@ raise_errno(int error)
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
-/* One recv (sending == 0) or send, with the GIL released; after EINTR, the signal handlers run
-   and it is tried again, as the socket methods do. Returns the byte count; -1 with *error set;
-   -2 if a signal handler raised (the exception is set). */
+/* One recv (sending == 0) or send; after EINTR, the signal handlers run and it is tried again, as
+   the socket methods do. Returns the byte count; -1 with *error set; -2 if a signal handler raised
+   (the exception is set). The GIL stays held: the descriptors are non-blocking (yieldio's sockets
+   all are), so the call never waits, and handing the GIL over and taking it back would cost more
+   than the copy it lets another thread run beside. */
 static ssize_t
 transfer(int sending, int fd, char *data, size_t size, int *error)
 {
     for (;;) {
-        ssize_t done;
-        Py_BEGIN_ALLOW_THREADS
-        done = sending ? send(fd, data, size, MSG_NOSIGNAL) : recv(fd, data, size, 0);
+        ssize_t done = sending ? send(fd, data, size, MSG_NOSIGNAL) : recv(fd, data, size, 0);
         *error = done < 0 ? errno : 0;
-        Py_END_ALLOW_THREADS
         if (done >= 0 || *error != EINTR) {
             return done;
         }
@@ -196,7 +195,7 @@ typedef struct {
     PyObject *load;       /* .remaining: the tickets */
     PyObject *tally;      /* .measuring */
     PyObject *append;     /* tally.latencies.append */
-    PyObject *inflight;   /* list: per connection, when its request on the wire was sent */
+    Py_buffer inflight;   /* load.inflight, array('d'): per connection, when its request on the wire was sent */
     Py_ssize_t index;
     long long number, left, done;
     double began;
@@ -288,10 +287,10 @@ note_latency(RequestChain *self, double now)
     if (measuring == NULL) {
         return -1;
     }
-    int yes = PyObject_IsTrue(measuring);
+    int yes = measuring == Py_True;
     Py_DECREF(measuring);
-    if (yes <= 0) {
-        return yes;
+    if (!yes) {
+        return 0;
     }
     PyObject *latency = PyLong_FromLongLong((long long)((now - self->began) * 1e6));
     if (latency == NULL) {
@@ -366,10 +365,7 @@ chain_next(RequestChain *self)
     if (self->left > 0) {
         self->left -= 1;
     }
-    PyObject *when = PyFloat_FromDouble(now);
-    if (when == NULL || PyList_SetItem(self->inflight, self->index, when) < 0) {
-        return NULL;
-    }
+    ((double *)self->inflight.buf)[self->index] = now;
     if (sent < size) {
         self->sent = sent < 0 ? 0 : sent;
         return NULL; /* stop: the caller sends the rest */
@@ -402,7 +398,7 @@ chain_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->reply = Py_NewRef(Py_None);
     self->trap = Py_NewRef(trap);
     self->load = Py_NewRef(load);
-    PyObject *buffer = NULL, *plan = NULL, *size = NULL, *stride = NULL, *slicing = NULL, *latencies = NULL;
+    PyObject *buffer = NULL, *plan = NULL, *size = NULL, *stride = NULL, *slicing = NULL, *latencies = NULL, *inflight = NULL;
     int ok = 0;
     if ((buffer = PyObject_GetAttrString(load, "receive_buffer")) == NULL
         || PyObject_GetBuffer(buffer, &self->buffer, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
@@ -417,11 +413,13 @@ chain_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         || (self->tally = PyObject_GetAttrString(load, "tally")) == NULL
         || (latencies = PyObject_GetAttrString(self->tally, "latencies")) == NULL
         || (self->append = PyObject_GetAttrString(latencies, "append")) == NULL
-        || (self->inflight = PyObject_GetAttrString(load, "inflight")) == NULL) {
+        || (inflight = PyObject_GetAttrString(load, "inflight")) == NULL
+        || PyObject_GetBuffer(inflight, &self->inflight, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
         goto done;
     }
-    if (!PyBytes_Check(self->prefix) || !PyList_Check(self->inflight) || index < 0 || index >= PyList_GET_SIZE(self->inflight)
-        || !PyTuple_Check(slicing) || PyTuple_GET_SIZE(slicing) != 3) {
+    if (!PyBytes_Check(self->prefix) || self->inflight.format == NULL || strcmp(self->inflight.format, "d") != 0
+        || index < 0 || index >= self->inflight.len / (Py_ssize_t)sizeof(double) || !PyTuple_Check(slicing)
+        || PyTuple_GET_SIZE(slicing) != 3) {
         PyErr_SetString(PyExc_TypeError, "RequestChain: load is not a yieldio Load, or index not one of its connections");
         goto done;
     }
@@ -452,6 +450,7 @@ done:
     Py_XDECREF(stride);
     Py_XDECREF(slicing);
     Py_XDECREF(latencies);
+    Py_XDECREF(inflight);
     if (!ok) {
         Py_DECREF(self);
         return NULL;
@@ -465,6 +464,9 @@ chain_dealloc(RequestChain *self)
     if (self->buffer.obj != NULL) {
         PyBuffer_Release(&self->buffer);
     }
+    if (self->inflight.obj != NULL) {
+        PyBuffer_Release(&self->inflight);
+    }
     Py_XDECREF(self->trap);
     Py_XDECREF(self->prefix);
     Py_XDECREF(self->messages);
@@ -472,7 +474,6 @@ chain_dealloc(RequestChain *self)
     Py_XDECREF(self->load);
     Py_XDECREF(self->tally);
     Py_XDECREF(self->append);
-    Py_XDECREF(self->inflight);
     Py_XDECREF(self->reply);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
