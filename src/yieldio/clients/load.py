@@ -76,7 +76,7 @@ class RequestChain(Protocol):
 
 
 def _request_chain(load: Load, client: Socket, index: int) -> RequestChain:
-    if CompiledRequestChain is None or client.is_tls:
+    if CompiledRequestChain is None or client_loop(load.plan) == "pure":
         return _PureRequestChain(client.socket, client.readable, load, index)
     return CompiledRequestChain(client.fileno(), client.readable, load, index)
 
