@@ -396,6 +396,19 @@ def test_every_thousandth_reply_corrupted_gives_exactly_three_mismatches_in_3000
     assert server.alive(), server.tail()
 
 
+def test_open_loop_after_a_wrong_echo_keeps_its_schedule(serve_process: ProcessServers) -> None:
+    # a connection that saw a wrong echo is opened again and takes up its schedule where it left off:
+    # not from the start of the run (every request after it would be late, and timed from then)
+    server, url = start_load_server(serve_process, "corrupt", "--every", "100")
+    load = run_load(url, "--rate", "400", "-d", "2", "--warmup", "0", "-c", "4")
+    report = load.report()
+    assert load.returncode == 1, load.describe()
+    assert 5 <= report["mismatches"] <= 9, load.describe()  # about 800 replies, every 100th wrong
+    assert report["sent_late"] <= 10, load.describe()
+    assert report["latency_us"]["max"] < 200_000, load.describe()
+    assert server.alive(), server.tail()
+
+
 def test_open_loop_latency_shows_the_stall_that_the_closed_loop_hides(serve_process: ProcessServers) -> None:
     # One server each (the stall comes once): 250 replies in (half a second at 500/s), it answers nothing
     # for 1 s. At --rate 500 the 500 requests due during the stall are late by up to 1 s, a third of

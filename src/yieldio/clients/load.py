@@ -392,11 +392,22 @@ class Load:
 
 
 class _ConnectionFault(Exception):
-    def __init__(self, kind: str, detail: str, sent: int) -> None:
+    """A connection's fault, by kind; ``sent``: the requests it had started, the failed one included
+    (their slots in an open-loop schedule are used), filled in by the connection's loop."""
+
+    def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
-        self.sent = sent
+        self.sent = 0
+
+    @classmethod
+    def of(cls, error: RequestTimedOut | OSError, timeout: float) -> _ConnectionFault:
+        if isinstance(error, RequestTimedOut):
+            return cls("timeout", f"no echo within {timeout:g}s")
+        if isinstance(error, ssl.SSLError):
+            return cls("tls", error_reason(error))
+        return cls("reset", error_reason(error))
 
 
 @types.coroutine
@@ -415,7 +426,7 @@ def _stream_requests(
     """
     plan, tally, messages = load.plan, load.tally, load.messages
     churn, stride = plan.churn, plan.connections
-    number = index + sent * stride  # the next request's
+    first = number = index + sent * stride  # the next request's
     sock = client.socket
     readable = client.readable
     inflight = load.inflight
@@ -425,6 +436,7 @@ def _stream_requests(
         while True:
             if not load._take_ticket():
                 return done
+            chain.number = number  # started: its slot in the schedule is used, come what may
             message = messages[number]
             if schedule is None:
                 began = now = time.perf_counter()
@@ -437,7 +449,7 @@ def _stream_requests(
                 n = 0  # (a TLS send takes all or nothing, and is then repeated whole)
             if n < len(message):
                 yield from client.send_rest(memoryview(message)[n:])
-            chain.number, chain.began = number, began
+            chain.began = began
             chain.left = 0 if schedule is not None else churn - 1 - done % churn if churn else -1
             while True:
                 yield readable
@@ -458,12 +470,10 @@ def _stream_requests(
             number = chain.number + stride
             if churn and done % churn == 0:
                 return done
-    except RequestTimedOut:
-        raise _ConnectionFault("timeout", f"no echo within {plan.timeout:g}s", done + chain.done) from None
-    except ssl.SSLError as error:
-        raise _ConnectionFault("tls", error_reason(error), done + chain.done) from None
-    except ConnectionError as error:
-        raise _ConnectionFault("reset", error_reason(error), done + chain.done) from None
+    except (_ConnectionFault, RequestTimedOut, ssl.SSLError, ConnectionError) as error:  # (a wrong echo is the first)
+        fault = error if isinstance(error, _ConnectionFault) else _ConnectionFault.of(error, plan.timeout)
+        fault.sent = (chain.number - first) // stride + 1
+        raise fault from None
 
 
 class _PureRequestChain:
@@ -549,13 +559,13 @@ def _slow_echo(client: Socket, message: bytes, prefix: bytes, data: bytes, sent:
         while True:
             if not data:
                 raise _ConnectionFault(
-                    "short", f"connection closed after {check.done} of {len(message)} bytes of an echo", 0
+                    "short", f"connection closed after {check.done} of {len(message)} bytes of an echo"
                 )
             if check.feed(data):
                 return
             data = yield from client.recv(RECV_SIZE)
     except Mismatch as wrong:
-        raise _ConnectionFault("mismatch", f"request {sent + 1}: {wrong}", 0) from None
+        raise _ConnectionFault("mismatch", f"request {sent + 1}: {wrong}") from None
 
 
 class _DatagramFlow:
