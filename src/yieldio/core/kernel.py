@@ -543,6 +543,7 @@ class Kernel:
                         raise
                     continue
                 task.trap = trap
+                task._next = None  # sent once: what wakes it next sets its own (a readiness wake sends None)
                 try:
                     op, arg = trap
                     if op == "recv":
@@ -551,7 +552,6 @@ class Kernel:
                         if arg in readers:
                             raise RuntimeError(f"fd {arg} already has a task waiting to read: {readers[arg]!r}")
                         readers[arg] = task
-                        task._next = None  # a readiness wake sends None (not what an earlier trap answered)
                         if not masks.get(arg, 0) & IN:
                             self._add_interest(arg, IN)
                     elif op == "send":
@@ -560,7 +560,6 @@ class Kernel:
                         if arg in writers:
                             raise RuntimeError(f"fd {arg} already has a task waiting to write: {writers[arg]!r}")
                         writers[arg] = task
-                        task._next = None
                         if not masks.get(arg, 0) & OUT:
                             self._add_interest(arg, OUT)
                     elif traps_[op](task, arg):
@@ -715,7 +714,6 @@ class Kernel:
 
     def _trap_sleep(self, task: Task, seconds: float) -> bool:
         if seconds <= 0:
-            task._next = None
             self._ready.append(task)  # behind everyone else that is ready
         else:
             self._sleepers[task] = self.call_later(seconds, self._wake_sleeper, task)
@@ -723,7 +721,6 @@ class Kernel:
 
     def _wake_sleeper(self, task: Task) -> None:
         del self._sleepers[task]
-        task._next = None
         self._ready.append(task)
         if self.instruments:
             self._emit(self.hooks.task_woken, task, "timer")
