@@ -68,7 +68,7 @@ class RequestChain(Protocol):
     number: int  # the request on the wire
     began: float  # when its latency began
     left: int  # requests it may still send itself (-1: no limit)
-    done: int  # exact echoes read
+    done: int  # echoes back on the connection (the chain adds the exact ones)
     sent: int  # after a stop: how much of a next request went out, in part (-1: none)
     reply: bytes | None  # after a stop: a read that was not the exact echo
 
@@ -430,18 +430,17 @@ def _stream_requests(
     sock = client.socket
     readable = client.readable
     inflight = load.inflight
-    done = 0  # echoes back on this connection, the chain's counted as it stops
-    chain.done = 0
+    chain.done = 0  # echoes back on this connection: the chain counts its own, this loop the others
     try:
         while True:
             if not load._take_ticket():
-                return done
+                return chain.done
             chain.number = number  # started: its slot in the schedule is used, come what may
             message = messages[number]
             if schedule is None:
                 began = now = time.perf_counter()
             else:
-                began, now = yield from _turn(tally, schedule(sent + done))
+                began, now = yield from _turn(tally, schedule(sent + chain.done))
             inflight[index] = now
             try:
                 n = sock.send(message)
@@ -450,26 +449,25 @@ def _stream_requests(
             if n < len(message):
                 yield from client.send_rest(memoryview(message)[n:])
             chain.began = began
-            chain.left = 0 if schedule is not None else churn - 1 - done % churn if churn else -1
+            chain.left = 0 if schedule is not None else churn - 1 - chain.done % churn if churn else -1
             while True:
                 yield readable
                 yield from chain
-                done, chain.done = done + chain.done, 0
                 if chain.sent >= 0:  # its next request went out in part
                     rest, chain.sent = memoryview(messages[chain.number])[chain.sent :], -1
                     yield from client.send_rest(rest)
                     continue
                 if chain.reply is not None:  # not the exact echo in one read
                     data, chain.reply = chain.reply, None
-                    yield from _slow_echo(client, messages[chain.number], plan.prefix, data, sent + done)
-                    done += 1
+                    yield from _slow_echo(client, messages[chain.number], plan.prefix, data, sent + chain.done)
+                    chain.done += 1
                     if tally.measuring:
                         tally.latencies.append(int((time.perf_counter() - chain.began) * 1e6))
                 break
             inflight[index] = 0.0
             number = chain.number + stride
-            if churn and done % churn == 0:
-                return done
+            if churn and chain.done % churn == 0:
+                return chain.done
     except (_ConnectionFault, RequestTimedOut, ssl.SSLError, ConnectionError) as error:  # (a wrong echo is the first)
         fault = error if isinstance(error, _ConnectionFault) else _ConnectionFault.of(error, plan.timeout)
         fault.sent = (chain.number - first) // stride + 1
