@@ -42,8 +42,11 @@ RequestChain(fd, trap, load, index)
     Message n is load.messages[n]: a slice of its random pool, read in
     place, when load.messages.slicing() gives one. Any other error raises
     OSError with its errno, as echo_step does; a send that fails gives its
-    ticket and its number back. The caller sets number, began, left and
-    done before each run; reply is None and sent -1 unless a stop set them.
+    ticket and its number back. The caller sets number, began and left
+    before each run, and done before the first; reply is None and sent -1
+    unless a stop set them. Tickets are the Load's own: with no limit
+    (load.remaining is None) none is needed, else load._take_ticket() and
+    load._give_ticket() keep the count.
     Why: the client's requests/s are bounded by its per-request CPU, and a
     Python loop around each echo costs more than the two system calls'
     own share of it.
@@ -203,7 +206,7 @@ typedef struct {
     Py_ssize_t sent;
 } RequestChain;
 
-static PyObject *str_remaining, *str_measuring;
+static PyObject *str_remaining, *str_measuring, *str_take_ticket, *str_give_ticket;
 
 /* Message n's bytes: a pointer into the pool, or into *holder (a new reference the caller drops). */
 static const char *
@@ -231,7 +234,8 @@ message_of(RequestChain *self, long long n, PyObject **holder)
     return PyBytes_AS_STRING(message);
 }
 
-/* Take a ticket: 1 taken (or no limit), 0 none left, -1 error. */
+/* Take a ticket: 1 taken (or no limit), 0 none left, -1 error. The common case, no limit, costs one
+   attribute read; with -n the Load counts (Load._take_ticket). */
 static int
 take_ticket(PyObject *load)
 {
@@ -239,43 +243,29 @@ take_ticket(PyObject *load)
     if (remaining == NULL) {
         return -1;
     }
-    if (remaining == Py_None) {
-        Py_DECREF(remaining);
+    int unlimited = remaining == Py_None;
+    Py_DECREF(remaining);
+    if (unlimited) {
         return 1;
     }
-    long long left = PyLong_AsLongLong(remaining);
-    Py_DECREF(remaining);
-    if (left == -1 && PyErr_Occurred()) {
+    PyObject *taken = PyObject_CallMethodNoArgs(load, str_take_ticket);
+    if (taken == NULL) {
         return -1;
     }
-    if (left <= 0) {
-        return 0;
-    }
-    PyObject *fewer = PyLong_FromLongLong(left - 1);
-    if (fewer == NULL) {
-        return -1;
-    }
-    int failed = PyObject_SetAttr(load, str_remaining, fewer);
-    Py_DECREF(fewer);
-    return failed < 0 ? -1 : 1;
+    int yes = PyObject_IsTrue(taken);
+    Py_DECREF(taken);
+    return yes;
 }
 
-/* Give a ticket back (a request that did not go out after all); keeps the error already set. */
+/* Give a ticket back (a request that did not go out after all: Load._give_ticket); keeps the error
+   already set. */
 static void
 give_ticket(PyObject *load)
 {
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
-    PyObject *remaining = PyObject_GetAttr(load, str_remaining);
-    if (remaining != NULL && remaining != Py_None) {
-        long long left = PyLong_AsLongLong(remaining);
-        PyObject *more = left == -1 && PyErr_Occurred() ? NULL : PyLong_FromLongLong(left + 1);
-        if (more != NULL) {
-            PyObject_SetAttr(load, str_remaining, more);
-            Py_DECREF(more);
-        }
-    }
-    Py_XDECREF(remaining);
+    PyObject *given = PyObject_CallMethodNoArgs(load, str_give_ticket);
+    Py_XDECREF(given);
     PyErr_Clear();
     PyErr_Restore(type, value, traceback);
 }
@@ -544,7 +534,9 @@ PyInit__speedups(void)
     }
     str_remaining = PyUnicode_InternFromString("remaining");
     str_measuring = PyUnicode_InternFromString("measuring");
-    if (str_remaining == NULL || str_measuring == NULL || PyType_Ready(&RequestChainType) < 0
+    str_take_ticket = PyUnicode_InternFromString("_take_ticket");
+    str_give_ticket = PyUnicode_InternFromString("_give_ticket");
+    if (str_remaining == NULL || str_measuring == NULL || str_take_ticket == NULL || str_give_ticket == NULL || PyType_Ready(&RequestChainType) < 0
         || PyModule_AddObjectRef(module, "RequestChain", (PyObject *)&RequestChainType) < 0
         || PyModule_AddStringConstant(module, "SOURCE_SHA256", STRINGIFY(YIELDIO_SOURCE_SHA256)) < 0) {
         Py_DECREF(module);
